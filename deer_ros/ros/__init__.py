@@ -1,0 +1,1 @@
+"""deer_ros.ros"""
