@@ -1,0 +1,105 @@
+"""Start node executables as processes and stop them cleanly: what `ros2 launch` does, for a plain venv.
+
+Used by `deer-ros demo` and by the test harness (test/conftest.py), where `launch` / `launch_pytest` cannot be
+installed. Every process gets the same ROS_DOMAIN_ID and localhost-only discovery.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Sequence
+
+
+def ros_env(domain_id: int | None = None, base: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment for nodes: an explicit domain and discovery kept on this machine (no multicast off-host)."""
+    env = dict(os.environ if base is None else base)
+    if domain_id is not None:
+        env["ROS_DOMAIN_ID"] = str(domain_id)
+    env.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    env.setdefault("RCUTILS_LOGGING_BUFFERED_STREAM", "0")
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def executable(name: str) -> str:
+    """Path of a console script: next to this interpreter first (a venv), then on PATH (colcon, system)."""
+    local = Path(sys.executable).with_name(name)
+    if local.exists():
+        return str(local)
+    found = shutil.which(name)
+    if found is None:
+        raise FileNotFoundError(f"executable '{name}' not found next to {sys.executable} or on PATH; "
+                                "install the package (scripts/dev or colcon build)")
+    return found
+
+
+def ros_args(params_files: Sequence[str | Path] = (), params: dict | None = None,
+             remaps: dict[str, str] | None = None, name: str | None = None, namespace: str | None = None,
+             log_level: str | None = None) -> list[str]:
+    """Build standard `--ros-args` for a node executable."""
+    args = ["--ros-args"]
+    for path in params_files:
+        args += ["--params-file", str(path)]
+    for key, value in (params or {}).items():
+        args += ["-p", f"{key}:={_param_text(value)}"]
+    for src, dst in (remaps or {}).items():
+        args += ["-r", f"{src}:={dst}"]
+    if name:
+        args += ["-r", f"__node:={name}"]
+    if namespace:
+        args += ["-r", f"__ns:={namespace}"]
+    if log_level:
+        args += ["--log-level", log_level]
+    return args
+
+
+def _param_text(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_param_text(v) for v in value) + "]"
+    if isinstance(value, str):
+        return value if value else "''"
+    return repr(value)
+
+
+class NodeProcess:
+    """One node executable run as a child process, its output captured in a log file."""
+
+    def __init__(self, name: str, argv: Sequence[str], env: dict[str, str], log_path: Path) -> None:
+        self.name = name
+        self.argv = list(argv)
+        self.log_path = Path(log_path)
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(self.argv, env=env, stdout=self._log, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL)
+
+    @property
+    def running(self) -> bool:
+        return self.proc.poll() is None
+
+    def output(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def wait(self, timeout: float) -> int:
+        """Wait for the process to end by itself; returns its exit code."""
+        code = self.proc.wait(timeout=timeout)
+        self._log.close()
+        return code
+
+    def stop(self, sig: int = signal.SIGINT, timeout: float = 15.0) -> int:
+        """Send `sig` (SIGINT like Ctrl-C, or SIGTERM) and wait; kill only if it does not exit in time."""
+        if self.running:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode

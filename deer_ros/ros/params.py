@@ -1,0 +1,104 @@
+"""Declarative ROS parameters: one table per node gives names, types, defaults, ranges and descriptions.
+
+The same tables declare the parameters on the node (with ParameterDescriptor ranges, so `ros2 param describe`
+shows them), validate values set at run time, and let tests check that every parameter a launch file or params
+file sets is really declared.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping, Sequence
+
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+
+_TYPES = {
+    bool: ParameterType.PARAMETER_BOOL,
+    int: ParameterType.PARAMETER_INTEGER,
+    float: ParameterType.PARAMETER_DOUBLE,
+    str: ParameterType.PARAMETER_STRING,
+    list: ParameterType.PARAMETER_DOUBLE_ARRAY,
+}
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One declared parameter. `kind` is bool, int, float, str or list (a list of doubles)."""
+
+    name: str
+    kind: type
+    default: Any
+    description: str
+    low: float | None = None
+    high: float | None = None
+    choices: tuple[str, ...] = ()
+    read_only: bool = False
+
+    def descriptor(self) -> ParameterDescriptor:
+        text = self.description + (f" One of: {', '.join(self.choices)}." if self.choices else "")
+        d = ParameterDescriptor(name=self.name, type=_TYPES[self.kind], description=text, read_only=self.read_only)
+        if self.kind is float and self.low is not None:
+            d.floating_point_range = [FloatingPointRange(from_value=float(self.low), to_value=float(self.high))]
+        if self.kind is int and self.low is not None:
+            d.integer_range = [IntegerRange(from_value=int(self.low), to_value=int(self.high), step=1)]
+        return d
+
+    def check(self, value: Any) -> str | None:
+        """Why `value` is refused for this parameter, or None when it is acceptable."""
+        if self.kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if self.kind is list:
+            if not isinstance(value, (list, tuple)) or not all(isinstance(v, (int, float)) for v in value):
+                return f"{self.name} must be a list of numbers"
+            bad = [v for v in value if not math.isfinite(v)]
+            return f"{self.name} must not contain NaN or Inf" if bad else None
+        if not isinstance(value, self.kind) or (self.kind is int and isinstance(value, bool)):
+            return f"{self.name} must be of type {self.kind.__name__}, got {type(value).__name__}"
+        if self.kind is float and not math.isfinite(value):
+            return f"{self.name} must be a finite number, got {value}"
+        if self.low is not None and not (self.low <= value <= self.high):
+            return f"{self.name}={value} is out of range [{self.low}, {self.high}]"
+        if self.choices and value not in self.choices:
+            return f"{self.name}='{value}' is not one of {', '.join(self.choices)}"
+        return None
+
+
+def declare(node: Node, specs: Iterable[ParamSpec]) -> None:
+    """Declare every spec on `node` (values from params files and -p overrides apply here)."""
+    for spec in specs:
+        default = [float(v) for v in spec.default] if spec.kind is list else spec.default
+        ptype = Parameter.Type.DOUBLE_ARRAY if spec.kind is list else None
+        if ptype is not None and not default:
+            # An empty list carries no type; declare the type explicitly so ros2 param set gets a double[].
+            node.declare_parameter(spec.name, ptype, spec.descriptor())
+            continue
+        node.declare_parameter(spec.name, default, spec.descriptor())
+
+
+def values(node: Node, specs: Sequence[ParamSpec]) -> dict[str, Any]:
+    """Current values of `specs`, with an unset double array read as []."""
+    out = {}
+    for spec in specs:
+        value = node.get_parameter(spec.name).value
+        out[spec.name] = list(value) if spec.kind is list and value is not None else (
+            [] if spec.kind is list else value)
+    return out
+
+
+def check_changes(specs: Mapping[str, ParamSpec], params: Sequence[Parameter]) -> str | None:
+    """Why a set of parameter changes is refused (type, range, choices), or None."""
+    for param in params:
+        spec = specs.get(param.name)
+        if spec is None:
+            continue  # not one of ours (use_sim_time, qos overrides): rclpy validates those itself
+        if spec.read_only:
+            return f"{param.name} is read-only: restart the node to change it"
+        value = param.value
+        if spec.kind is list and value is not None:
+            value = list(value)
+        reason = spec.check(value)
+        if reason:
+            return reason
+    return None
