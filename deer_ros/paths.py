@@ -1,0 +1,36 @@
+"""Where the bundled data lives, in a source checkout (pip editable) and in a colcon install."""
+from __future__ import annotations
+
+from pathlib import Path
+
+_PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def data_dir() -> Path:
+    """The repo's data/ folder (source checkout) or share/deer_ros/data (colcon install)."""
+    candidates = [_PACKAGE_DIR.parent / "data"]
+    try:
+        from ament_index_python.packages import get_package_share_directory
+
+        candidates.append(Path(get_package_share_directory("deer_ros")) / "data")
+    except Exception:  # noqa: BLE001 - not installed with colcon: only the source checkout counts
+        pass
+    for path in candidates:
+        if path.is_dir():
+            return path
+    raise FileNotFoundError(f"deer_ros data folder not found (looked in {', '.join(map(str, candidates))})")
+
+
+def calvin_sample() -> Path:
+    """The bundled real CALVIN sample (a dataset root with training/ and validation/)."""
+    return data_dir() / "calvin_sample"
+
+
+def demo_checkpoint() -> Path:
+    """The bundled tiny demo checkpoint (trained by `deer-ros train`, see README)."""
+    return data_dir() / "demo" / "tiny_demo.pt"
+
+
+def demo_calibration() -> Path:
+    """The calibration file of the demo checkpoint."""
+    return data_dir() / "demo" / "tiny_demo_calibration.npz"
