@@ -81,7 +81,8 @@ def probe(ros_domain):
 def launch_node(ros_domain, tmp_path):
     """Factory: launch_node('deer_policy_node', params={...}) -> a running NodeProcess.
 
-    At teardown every process still running gets SIGINT and must exit with code 0 and no traceback.
+    At teardown every process still running gets SIGINT, and each must have exited with its
+    `expected_exit_code` (0 unless a test set it) and printed no traceback.
     """
     from deer_ros.ros.launcher import NodeProcess, executable, ros_args, ros_env
 
@@ -98,7 +99,7 @@ def launch_node(ros_domain, tmp_path):
     for proc in started:
         code = proc.stop(signal.SIGINT) if proc.running else proc.proc.returncode
         out = proc.output()
-        if code != 0 or "Traceback" in out:
+        if code != proc.expected_exit_code or "Traceback" in out:
             failures.append(f"{proc.name} exited with {code}:\n{out[-3000:]}")
     if failures:
         pytest.fail("\n\n".join(failures))

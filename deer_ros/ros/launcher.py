@@ -74,6 +74,7 @@ class NodeProcess:
         self.name = name
         self.argv = list(argv)
         self.log_path = Path(log_path)
+        self.expected_exit_code = 0  # what a clean run ends with; a test of a deliberate failure changes it
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(self.argv, env=env, stdout=self._log, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL)
@@ -83,7 +84,8 @@ class NodeProcess:
         return self.proc.poll() is None
 
     def output(self) -> str:
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         return self.log_path.read_text(errors="replace")
 
     def wait(self, timeout: float) -> int:
