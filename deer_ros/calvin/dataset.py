@@ -74,21 +74,20 @@ class Frame:
     scene_obs: np.ndarray | None = None   # (24,) float64
 
 
-def check_array(key: str, value: np.ndarray, where: Path) -> np.ndarray:
-    """Validate one npz entry against the CALVIN layout; return it in the dtype `Frame` documents."""
+def check_array(key: str, value: np.ndarray, where: Path, hint: str = "re-export the split") -> np.ndarray:
+    """Validate one frame entry against the CALVIN layout; return it in the dtype `Frame` documents.
+    Errors name `where` and end with `hint` (what the user should do)."""
     if key in IMAGE_KEYS:
         if value.dtype != np.uint8 or value.ndim != 3 or value.shape[2] != 3 or 0 in value.shape:
             raise CalvinDatasetError(
-                f"{where}: '{key}' must be a uint8 (H, W, 3) RGB image, found {value.dtype} {value.shape}. "
-                "The file is not a CALVIN frame (or was written with another layout); re-export it.")
+                f"{where}: '{key}' must be a uint8 (H, W, 3) RGB image, found {value.dtype} {value.shape}; {hint}.")
         return value
     size = VECTOR_SIZES[key]
     if value.shape != (size,) or not np.issubdtype(value.dtype, np.floating):
         raise CalvinDatasetError(
-            f"{where}: '{key}' must be a float vector of shape ({size},), found {value.dtype} {value.shape}. "
-            "The file is not a CALVIN frame; re-export it.")
+            f"{where}: '{key}' must be a float vector of shape ({size},), found {value.dtype} {value.shape}; {hint}.")
     if not np.all(np.isfinite(value)):
-        raise CalvinDatasetError(f"{where}: '{key}' contains NaN or Inf; the frame is corrupt, re-export it.")
+        raise CalvinDatasetError(f"{where}: '{key}' contains NaN or Inf; {hint}.")
     # rel_actions are compared with the policy's float32 output; the rest keep calvin_env's float64 precision.
     return value.astype(np.float32 if key == "rel_actions" else np.float64, copy=False)
 
