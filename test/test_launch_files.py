@@ -49,7 +49,7 @@ def test_launch_file_references_exist(path: Path):
         assert exe in console_scripts, f"{exe} is not a console script in setup.py"
         assert f"scripts/{exe}" in cmake and (REPO / "scripts" / exe).exists(), f"{exe} not installed by CMake"
         params = _kwarg(call, "parameters")
-        yaml_files = [s for s in _strings(params) if s.endswith(".yaml")]
+        yaml_files = [s for s in _strings(tree) if s.endswith(".yaml")]
         assert yaml_files, f"{path.name}: {exe} should use a params file from config/"
         for name in yaml_files:
             assert (REPO / "config" / name).exists(), f"{name} missing from config/"

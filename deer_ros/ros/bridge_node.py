@@ -169,7 +169,7 @@ class CalvinBridgeNode(Node):
         for index in range(segment.start, segment.end + 1):
             if self._stop.is_set() or (max_frames and counter >= max_frames):
                 break
-            frame = self.split.frame(index)
+            frame = self.split.frame(index, keys=())  # cameras and rel_actions only
             stamp = sim_stamp(counter)
             key = _stamp_key(stamp)
             with self._lock:

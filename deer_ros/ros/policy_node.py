@@ -24,8 +24,10 @@ from sensor_msgs.msg import Image
 from std_msgs.msg import String
 from std_srvs.srv import Trigger
 
+from deer_ros.exits.calibration import Calibration, CalibrationError
+from deer_ros.exits.controller import BudgetError, ExitBudget
 from deer_ros.msg import EndEffectorAction
-from deer_ros.ros.budget import BudgetError, PolicyBudget
+from deer_ros.paths import demo_calibration
 from deer_ros.ros.image import ImageConverter, ImageError
 from deer_ros.ros.pairing import GRIPPER, STATIC, Pair, StampPairer
 from deer_ros.ros.params import ParamSpec, check_changes, declare, values
@@ -75,7 +77,7 @@ class DeerPolicyNode(LifecycleNode):
         self._converter = ImageConverter()
         self._pairer = StampPairer(slop_ns=int(self._param("pair_slop_s") * 1e9))
         self._policy = None
-        self._budget: PolicyBudget | None = None
+        self._budget: ExitBudget | None = None
         self._model_lock = threading.Lock()  # policy state: steps, resets and threshold changes
         self._instruction = ""
         self._active = False
@@ -101,9 +103,9 @@ class DeerPolicyNode(LifecycleNode):
             policy = load_policy(checkpoint=p["checkpoint"] or None, preset=p["model"], device=p["device"],
                                  dtype=p["dtype"], max_exit=p["max_exit"] or None,
                                  memory_budget_mb=p["memory_budget_mb"] or None)
-            budget = PolicyBudget.create(policy.exits, p["calibration"] or None, p["checkpoint"] or None,
-                                         {k: p[k] for k in BUDGET_PARAMETERS})
-        except (OSError, ValueError, RuntimeError, BudgetError) as exc:
+            budget = ExitBudget.create(policy.exits, self._load_calibration(p),
+                                       {k: p[k] for k in BUDGET_PARAMETERS})
+        except (OSError, ValueError, RuntimeError, BudgetError, CalibrationError) as exc:
             self._last_error = str(exc)
             self.get_logger().error(f"configure failed: {exc}")
             return TransitionCallbackReturn.FAILURE
@@ -125,6 +127,17 @@ class DeerPolicyNode(LifecycleNode):
         self.get_logger().info(f"loaded {p['model']} on {p['device']} ({p['dtype']}); exits {exits}; "
                                f"{budget.describe()}")
         return TransitionCallbackReturn.SUCCESS
+
+    def _load_calibration(self, p: dict) -> Calibration | None:
+        """The calibration file given, or the bundled one when the bundled demo checkpoint is used."""
+        path = p["calibration"]
+        if not path and not p["checkpoint"] and demo_calibration().exists():
+            path = str(demo_calibration())
+        if not path:
+            self.get_logger().warning("no calibration file: flops_budget and exit_ratio cannot be solved; "
+                                      "explicit thresholds and max_exit still work")
+            return None
+        return Calibration.load(path)
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._active = True
