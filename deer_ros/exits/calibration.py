@@ -1,0 +1,212 @@
+"""Calibration files: every exit's criterion values on a CALVIN split, for the threshold solver.
+
+A calibration is collected by stepping a policy over annotated segments with a decider that never stops early,
+so every built exit is examined at every frame; the value of every registered criterion is recorded, which lets
+the node switch criterion at run time without re-calibrating. The recurrent state is reset at the start of
+each segment, as at evaluation time. Unlike the reference, nothing is ever written into the checkpoint.
+
+File format: one `.npz` (no pickles) holding
+  values__<criterion>  float64 (n_exits, N)  criterion value of exit k+1 on sample n
+  exit_gflops          float64 (n_exits,)    cumulative LLM GFLOPs at each exit (ExitInfo.gflops)
+  exit_layers          int64   (n_exits,)    LLM layers run when stopping at each exit
+  segment              int64   (N,)          index of the segment each sample came from
+  meta                 str (JSON)            format, model, checkpoint (+ sha256), dataset, split, frames, created
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from deer_ros.exits.criteria import CRITERIA, get_criterion
+
+FORMAT = "deer_ros.calibration/1"
+_VALUES_PREFIX = "values__"
+
+# One segment to calibrate on: (segment index, instruction, frames as (static_rgb, gripper_rgb) pairs).
+SegmentFrames = tuple[int, str, Iterable[tuple[np.ndarray, np.ndarray]]]
+
+
+class CalibrationError(ValueError):
+    """A calibration file that cannot be used; the message says what is wrong and how to fix it."""
+
+
+@dataclass
+class Calibration:
+    values: dict[str, np.ndarray]  # criterion name -> (n_exits, N) float64
+    exit_gflops: np.ndarray  # (n_exits,) float64
+    exit_layers: np.ndarray  # (n_exits,) int64
+    segment: np.ndarray  # (N,) int64
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.exit_gflops = np.asarray(self.exit_gflops, dtype=np.float64).reshape(-1)
+        self.exit_layers = np.asarray(self.exit_layers, dtype=np.int64).reshape(-1)
+        self.segment = np.asarray(self.segment, dtype=np.int64).reshape(-1)
+        self.values = {name: np.asarray(v, dtype=np.float64) for name, v in self.values.items()}
+        self.validate()
+
+    @property
+    def n_exits(self) -> int:
+        return len(self.exit_gflops)
+
+    @property
+    def n_samples(self) -> int:
+        return len(self.segment)
+
+    @property
+    def criteria(self) -> tuple[str, ...]:
+        return tuple(self.values)
+
+    def validate(self, source: str = "calibration") -> None:
+        """CalibrationError naming the first inconsistency."""
+        n = self.n_exits
+        if n < 1 or self.exit_layers.shape != (n,):
+            raise CalibrationError(f"{source}: exit_gflops and exit_layers must have one entry per exit, got "
+                                   f"{self.exit_gflops.shape} and {self.exit_layers.shape}")
+        if not np.all(np.isfinite(self.exit_gflops)) or np.any(self.exit_gflops <= 0) \
+                or np.any(np.diff(self.exit_gflops) <= 0):
+            raise CalibrationError(f"{source}: exit_gflops must be positive and increasing, got "
+                                   f"{self.exit_gflops.tolist()}")
+        if np.any(self.exit_layers < 1) or np.any(np.diff(self.exit_layers) <= 0):
+            raise CalibrationError(f"{source}: exit_layers must be >= 1 and increasing, got "
+                                   f"{self.exit_layers.tolist()}")
+        if self.n_samples < 1:
+            raise CalibrationError(f"{source}: holds no samples; calibrate on a split with frames")
+        if not self.values:
+            raise CalibrationError(f"{source}: holds no criterion values")
+        for name, v in self.values.items():
+            if name not in CRITERIA:
+                raise CalibrationError(f"{source}: unknown criterion {name!r} (known: {', '.join(CRITERIA)}); "
+                                       "was it written by a newer deer_ros?")
+            if v.shape != (n, self.n_samples):
+                raise CalibrationError(f"{source}: values of {name!r} have shape {v.shape}, expected "
+                                       f"({n}, {self.n_samples}) (exits, samples)")
+            if not np.all(np.isfinite(v)) or np.any(v < 0):
+                raise CalibrationError(f"{source}: values of {name!r} contain NaN, Inf or negative numbers; "
+                                       "re-run the calibration")
+
+    def criterion_values(self, criterion: str) -> np.ndarray:
+        """(n_exits, N) values of `criterion`; CalibrationError if the file does not hold it."""
+        get_criterion(criterion)  # unknown names get the registry's message
+        if criterion not in self.values:
+            raise CalibrationError(f"the calibration holds no values for criterion {criterion!r} (it has: "
+                                   f"{', '.join(self.values)}); re-run `deer-ros calibrate --criterion {criterion}`")
+        return self.values[criterion]
+
+    def for_exits(self, exit_layers: Sequence[int]) -> "Calibration":
+        """This calibration restricted to a model's built exits (given by their layer counts).
+
+        A model built with fewer layers (max_exit / memory budget) has a prefix of the calibrated exits; any
+        other difference means the calibration belongs to another model and CalibrationError is raised.
+        """
+        layers = [int(x) for x in exit_layers]
+        n = len(layers)
+        if n == 0 or n > self.n_exits or self.exit_layers[:n].tolist() != layers:
+            raise CalibrationError(
+                f"calibration exits (layers {self.exit_layers.tolist()}, model {self.meta.get('model', '?')}) do not "
+                f"match the model's exits (layers {layers}); calibrate this model with `deer-ros calibrate`")
+        if n == self.n_exits:
+            return self
+        return Calibration({k: v[:n] for k, v in self.values.items()}, self.exit_gflops[:n], self.exit_layers[:n],
+                           self.segment, dict(self.meta))
+
+    # ------------------------------------------------------------------ files
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the .npz (parents created); returns the path written."""
+        path = Path(path).expanduser()
+        if path.suffix != ".npz":
+            raise CalibrationError(f"{path}: calibration files are .npz; give a path ending in .npz")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        meta = {"format": FORMAT, **self.meta}
+        arrays = {f"{_VALUES_PREFIX}{k}": v for k, v in self.values.items()}
+        np.savez_compressed(path, exit_gflops=self.exit_gflops, exit_layers=self.exit_layers, segment=self.segment,
+                            meta=np.array(json.dumps(meta)), **arrays)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Calibration":
+        """Read and validate a calibration file; CalibrationError saying what is wrong otherwise."""
+        path = Path(path).expanduser()
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                data = {k: npz[k] for k in npz.files}
+        except FileNotFoundError:
+            raise CalibrationError(f"{path}: calibration file not found; create one with `deer-ros calibrate`") \
+                from None
+        except (OSError, ValueError, EOFError) as exc:
+            raise CalibrationError(f"{path}: not a readable .npz calibration file ({exc})") from exc
+        if not isinstance(data, dict) or "meta" not in data:
+            raise CalibrationError(f"{path}: not a deer_ros calibration file (no 'meta' entry); "
+                                   "create one with `deer-ros calibrate`")
+        try:
+            meta = json.loads(str(data.pop("meta")))
+        except json.JSONDecodeError as exc:
+            raise CalibrationError(f"{path}: 'meta' is not valid JSON ({exc})") from exc
+        if meta.get("format") != FORMAT:
+            raise CalibrationError(f"{path}: format {meta.get('format')!r} is not {FORMAT!r}; re-run the calibration")
+        missing = [k for k in ("exit_gflops", "exit_layers", "segment") if k not in data]
+        if missing:
+            raise CalibrationError(f"{path}: missing arrays {missing}; re-run the calibration")
+        values = {k[len(_VALUES_PREFIX):]: v for k, v in data.items() if k.startswith(_VALUES_PREFIX)}
+        try:
+            return cls(values, data["exit_gflops"], data["exit_layers"], data["segment"], meta)
+        except CalibrationError as exc:
+            raise CalibrationError(f"{path}: {exc}") from None
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file, read in chunks (checkpoints are GBs)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class _RecordAll:
+    """Decider that never stops early and records every criterion's value at every examined exit."""
+
+    def __init__(self, criteria: Sequence[str]) -> None:
+        self.criteria = {name: get_criterion(name) for name in criteria}
+        self.rows: list[list[float]] = []  # per examined exit: one value per criterion
+
+    def __call__(self, candidate: Any) -> bool:
+        self.rows.append([fn(candidate) for fn in self.criteria.values()])
+        return False  # the policy still stops at the last allowed exit
+
+
+def collect_calibration(policy: Any, segments: Iterable[SegmentFrames], criteria: Sequence[str] | None = None,
+                        meta: dict[str, Any] | None = None) -> Calibration:
+    """Step `policy` (a DeerPolicy) over `segments`, examining every exit; return the values of `criteria`.
+
+    `segments` yields (segment index, instruction, frames); the policy is reset at the start of each. `meta`
+    (model, checkpoint, dataset, split, ...) is stored with the values; the frame count and date are added.
+    """
+    names = list(criteria or CRITERIA)
+    exits = list(policy.exits)
+    columns: list[np.ndarray] = []  # per sample: (n_exits, n_criteria)
+    segment_of: list[int] = []
+    for index, instruction, frames in segments:
+        policy.reset()
+        for static_rgb, gripper_rgb in frames:
+            recorder = _RecordAll(names)
+            policy.step(static_rgb, gripper_rgb, instruction, recorder)
+            if len(recorder.rows) != len(exits):
+                raise RuntimeError(f"the policy examined {len(recorder.rows)} exits, expected all {len(exits)}: "
+                                   "calibration needs a decider call at every built exit")
+            columns.append(np.asarray(recorder.rows, dtype=np.float64))
+            segment_of.append(int(index))
+    if not columns:
+        raise CalibrationError("no frames to calibrate on: the selected segments are empty")
+    stacked = np.stack(columns, axis=-1)  # (n_exits, n_criteria, N)
+    info = {**(meta or {}), "frames": len(columns), "segments": len(set(segment_of)),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    return Calibration({name: stacked[:, i] for i, name in enumerate(names)},
+                       [e.gflops for e in exits], [e.layers for e in exits], segment_of, info)

@@ -1,0 +1,51 @@
+"""Budget tracking: keep the realised average LLM GFLOPs at the requested budget on data the calibration never saw.
+
+Thresholds solved on calibration data meet the budget there, but the robot's world (scenes, instructions,
+prompt lengths) shifts the criterion values, so the realised average drifts. The tracker closes the loop with an
+integral controller on the budget handed to the solver:
+
+    c  <- c + gain * (budget - realised GFLOPs of this step) / budget      (relative correction)
+    target = clip(budget * (1 + c), cheapest exit, cap exit)               (re-solved by the caller)
+
+The correction c is the accumulated relative error, so the running mean error is -c / (gain * steps): it shrinks
+as 1/steps once c has settled on the offset the new data needs. Clipping c together with the target (anti
+wind-up) keeps it from growing while the solver cannot go further. c is relative to the budget, so it carries
+over when the budget changes.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+class BudgetTracker:
+    """Integral correction of the budget handed to the solver, from each step's realised GFLOPs."""
+
+    def __init__(self, budget: float, lo: float, hi: float, gain: float = 0.05) -> None:
+        if not gain > 0:
+            raise ValueError(f"tracker gain must be > 0, got {gain}")
+        self.gain = float(gain)
+        self.correction = 0.0  # relative: target = budget * (1 + correction)
+        self.set_budget(budget, lo, hi)
+
+    def set_budget(self, budget: float, lo: float, hi: float) -> None:
+        """A new budget (and reachable range [lo, hi]); the learned relative correction is kept."""
+        if not (np.isfinite(budget) and 0 < lo <= budget <= hi):
+            raise ValueError(f"budget {budget} must lie in the reachable range [{lo}, {hi}]")
+        self.budget, self.lo, self.hi = float(budget), float(lo), float(hi)
+        self._clip()
+
+    @property
+    def target(self) -> float:
+        """The budget to hand to the solver."""
+        return self.budget * (1.0 + self.correction)
+
+    def record(self, gflops: float) -> float:
+        """Account one step's realised GFLOPs; return the new target."""
+        if not np.isfinite(gflops) or gflops < 0:
+            raise ValueError(f"realised GFLOPs must be a finite number >= 0, got {gflops}")
+        self.correction += self.gain * (self.budget - gflops) / self.budget
+        self._clip()
+        return self.target
+
+    def _clip(self) -> None:
+        self.correction = float(np.clip(self.correction, self.lo / self.budget - 1.0, self.hi / self.budget - 1.0))
