@@ -68,3 +68,16 @@ def test_missing_dataset_is_a_clear_error(launch_node, tmp_path):
     bridge.expected_exit_code = 2
     assert bridge.wait(timeout=60) == 2
     assert "nowhere" in bridge.output()  # the message names the missing path
+
+
+def test_sim_mode_without_calvin_env_says_how_to_install_it(launch_node):
+    try:
+        import calvin_env  # noqa: F401
+        pytest.skip("calvin_env is installed: the closed-loop path runs instead")
+    except ImportError:
+        pass
+    bridge = launch_node("calvin_bridge_node", params={"mode": "sim"})
+    bridge.expected_exit_code = 2
+    assert bridge.wait(timeout=60) == 2
+    out = bridge.output()
+    assert "calvin_env" in out and "pip install" in out
