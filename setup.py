@@ -11,7 +11,7 @@ setup(
     license="MIT",
     python_requires=">=3.10",
     packages=find_packages(include=["deer_ros", "deer_ros.*"]),
-    package_data={"deer_ros": ["py.typed", "calvin/assets/*.yaml"]},
+    package_data={"deer_ros": ["py.typed", "calvin/assets/*.yaml", "model/assets/tiny_tokenizer/*"]},
     install_requires=[
         "numpy>=1.24",
         "pyyaml",

@@ -1,0 +1,171 @@
+"""DeerPolicy: one call per control step, running LLM layers only until the exit decider says stop.
+
+Contract (docs/architecture.md, "model -> everyone"): `step(static_rgb, gripper_rgb, instruction, decide)`.
+Per step:
+  1. both cameras are preprocessed and encoded in one batched pass (ViT + shared perceiver) -> media;
+  2. the instruction is tokenised once and cached (ids, <image> positions, ALiBi bias, per-layer cost) until it
+     changes;
+  3. layers run one at a time; at every built exit the shared head decodes a pose from the committed LSTM state
+     without committing, and `decide(candidate)` is asked whether to stop. The next exit continues from the
+     same hidden states, so no layer ever runs twice and exit k+1 reuses all the work of exit k;
+  4. the LSTM state of the chosen exit's head call is committed (the reference re-runs the head on the chosen
+     feature to get it; the result is identical, so we keep it instead of recomputing).
+For the first exit, `prev_pose`/`prev_feature` come from the layer just before it (layer 0 for DeeR's first
+exit at layer 1; the embedding when the first exit is layer 0), as in the reference.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+
+from deer_ros.model.deer import DeerModel
+from deer_ros.model.flops import exit_costs, layer_macs
+from deer_ros.model.head import HeadOutput, LSTMState
+from deer_ros.model.memory import memory_report
+from deer_ros.model.precision import prepare_model, resolve_device
+from deer_ros.model.preprocess import ImagePreprocessor
+from deer_ros.model.tokenizer import PromptEncoder
+
+
+@dataclass
+class ExitInfo:
+    """One per built exit, in order."""
+    index: int  # 1-based exit index (EndEffectorAction.exit_index)
+    layer: int  # 0-based LLM layer whose output feeds this exit
+    layers: int  # LLM layers run when stopping here (= layer + 1)
+    gflops: float  # cumulative LLM GFLOPs at this exit (paper convention: GMACs), typical prompt
+
+
+@dataclass
+class ExitCandidate:
+    """What an exit decider sees at each built exit, in order."""
+    index: int
+    layer: int
+    layers: int
+    pose: torch.Tensor  # (pose_dim,) tanh-space pose of the shared head at this exit (state not committed)
+    prev_pose: torch.Tensor  # (pose_dim,) previous exit's pose; for the first exit, a decode of the layer before
+    feature: torch.Tensor  # (d,) max-pooled exit feature
+    prev_feature: torch.Tensor  # (d,)
+    is_last: bool  # last allowed exit: the policy stops here whatever the decider says
+    value: float | None = None  # a decider may record its criterion value here; it ends up in StepResult.values
+
+
+ExitDecider = Callable[[ExitCandidate], bool]  # True = stop here
+
+
+@dataclass
+class StepResult:
+    action: np.ndarray  # (7,) float32: 6 relative pose values in [-1, 1], gripper +1 open / -1 close
+    exit_index: int  # 1-based
+    layers: int  # LLM layers run
+    gflops: float  # LLM GFLOPs spent on this step (actual prompt length)
+    values: list[float] = field(default_factory=list)  # criterion values recorded by the decider, one per exit seen
+    timings_ms: dict = field(default_factory=dict)  # 'preprocess', 'vision', 'llm', 'head', 'total'
+
+
+@dataclass
+class _Prompt:
+    """Everything that depends only on the instruction, computed once per instruction."""
+    text: str
+    input_ids: torch.Tensor  # (1, L)
+    media_locations: torch.Tensor  # (1, L)
+    attn_bias: torch.Tensor  # (1, H, L, L)
+    cumulative_gflops: list[float]  # [i] = LLM GMACs of layers 0..i at this prompt length
+
+
+class DeerPolicy:
+    """A DeerModel wrapped for closed-loop control: preprocessing, prompt cache, dynamic exit, LSTM history."""
+
+    def __init__(self, model: DeerModel, tokenizer, device: str = "cpu", dtype: str = "fp32"):
+        self.device = resolve_device(device)
+        self.dtype = dtype
+        self.model = prepare_model(model, self.device, dtype)
+        self.config = model.config
+        self.prompts = PromptEncoder(tokenizer, self.config.max_text_tokens, self.config.vocab_size)
+        self.preprocess = ImagePreprocessor(self.config.image_size)
+        costs = exit_costs(self.config, max_exit=len(model.exit_layers))
+        self.exits: list[ExitInfo] = [ExitInfo(e.index, e.layer, e.layers, e.gflops) for e in costs]
+        self._prompt: _Prompt | None = None
+        self._state: LSTMState | None = None
+
+    # ------------------------------------------------------------------ public API
+    def reset(self) -> None:
+        """Clear the recurrent (LSTM) state: call at the start of every new task."""
+        self._state = None
+
+    def memory_mb(self) -> dict[str, float]:
+        """Measured weight memory (MiB) by part: llm, vision, perceiver, head, total."""
+        return memory_report(self.model)
+
+    @torch.inference_mode()
+    def step(self, static_rgb: np.ndarray, gripper_rgb: np.ndarray, instruction: str,
+             decide: ExitDecider) -> StepResult:
+        """One control step. Images are uint8 (H, W, 3) RGB of any size; see the module docstring."""
+        t0 = time.perf_counter()
+        images = self.preprocess(static_rgb, gripper_rgb).to(self.device, self.model.compute_dtype)
+        t1 = self._now()
+        media = self.model.encode_vision(images)  # (1, 1, C*n, dv)
+        prompt = self._prompt_for(instruction)
+        t2 = self._now()
+
+        model, head_s = self.model, 0.0
+        exit_layers = model.exit_layers
+        x = model.embed(prompt.input_ids)  # (1, L, d)
+        prev_feature = model.pool(x) if exit_layers[0] == 0 else None
+        prev_pose: torch.Tensor | None = None
+        values: list[float] = []
+        k = 0  # next exit to examine
+        for i in range(exit_layers[-1] + 1):
+            x = model.layer(i, x, media, prompt.media_locations, prompt.attn_bias)
+            if k == 0 and i == exit_layers[0] - 1:
+                prev_feature = model.pool(x)  # the layer before the first exit
+            if i != exit_layers[k]:
+                continue
+            feature = model.pool(x)  # (1, d)
+            th = time.perf_counter()
+            if prev_pose is None:
+                prev_pose = self._decode(prev_feature).pose[0, 0]
+            out = self._decode(feature)
+            head_s += time.perf_counter() - th
+            is_last = k == len(exit_layers) - 1
+            cand = ExitCandidate(k + 1, i, i + 1, out.pose[0, 0], prev_pose, feature[0], prev_feature[0], is_last)
+            stop = bool(decide(cand)) or is_last
+            if cand.value is not None:
+                values.append(float(cand.value))
+            if stop:
+                break
+            prev_pose, prev_feature, k = cand.pose, feature, k + 1
+        t3 = self._now()
+
+        self._state = out.state  # commit the chosen exit's history only
+        gripper = 1.0 if float(out.gripper_prob[0, 0, 0]) > 0.5 else -1.0
+        action = np.append(cand.pose.float().cpu().numpy(), gripper).astype(np.float32)
+        t4 = time.perf_counter()
+        timings = {"preprocess": (t1 - t0) * 1e3, "vision": (t2 - t1) * 1e3, "llm": (t3 - t2 - head_s) * 1e3,
+                   "head": head_s * 1e3, "total": (t4 - t0) * 1e3}
+        return StepResult(action, cand.index, cand.layers, prompt.cumulative_gflops[cand.layer], values, timings)
+
+    # ------------------------------------------------------------------ internals
+    def _decode(self, feature: torch.Tensor) -> HeadOutput:
+        """The shared head on one exit feature from the committed state (which it does not change)."""
+        return self.model.head.step(feature, self._state)
+
+    def _prompt_for(self, instruction: str) -> _Prompt:
+        if self._prompt is None or self._prompt.text != instruction:
+            enc = self.prompts([instruction])
+            ids = enc.input_ids.to(self.device)
+            L = ids.shape[1]
+            per_layer = [layer_macs(self.config, i, L) / 1e9 for i in range(self.model.n_layers)]
+            self._prompt = _Prompt(instruction, ids, enc.media_locations.to(self.device), self.model.attn_bias(L),
+                                   list(np.cumsum(per_layer)))
+        return self._prompt
+
+    def _now(self) -> float:
+        """perf_counter after the queued GPU work is done, so the stage timings are real."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
