@@ -7,7 +7,8 @@ each segment, as at evaluation time. Unlike the reference, nothing is ever writt
 
 File format: one `.npz` (no pickles) holding
   values__<criterion>  float64 (n_exits, N)  criterion value of exit k+1 on sample n
-  exit_gflops          float64 (n_exits,)    cumulative LLM GFLOPs at each exit (ExitInfo.gflops)
+  exit_gflops          float64 (n_exits,)    cumulative LLM GFLOPs at each exit, averaged over the prompts
+                                             of the samples (ExitInfo.gflops is for a typical prompt; meta keeps it)
   exit_layers          int64   (n_exits,)    LLM layers run when stopping at each exit
   segment              int64   (N,)          index of the segment each sample came from
   meta                 str (JSON)            format, model, checkpoint (+ sha256), dataset, split, frames, created
@@ -19,8 +20,9 @@ import json
 import os
 import time
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -170,6 +172,18 @@ def file_sha256(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+def split_segments(split: Any, select: str | Sequence[int | str] | None = None,
+                   max_frames: int | None = None) -> Iterator[SegmentFrames]:
+    """The annotated segments of a `deer_ros.calvin.dataset.CalvinSplit` as calibration input, frames loaded
+    lazily; `select` picks segments (indices / task ids), `max_frames` caps the frames per segment."""
+    for seg in split.segments(select):
+        if not seg.instruction:
+            raise CalibrationError(f"{split.path}: segment {seg.index} has no instruction (the split has no "
+                                   "language annotations); the policy needs one per segment")
+        frames = split.frames(seg, keys=())  # cameras (and rel_actions) only
+        yield seg.index, seg.instruction, ((f.rgb_static, f.rgb_gripper) for f in islice(frames, max_frames))
+
+
 class _RecordAll:
     """Decider that never stops early and records every criterion's value at every examined exit."""
 
@@ -193,20 +207,26 @@ def collect_calibration(policy: Any, segments: Iterable[SegmentFrames], criteria
     exits = list(policy.exits)
     columns: list[np.ndarray] = []  # per sample: (n_exits, n_criteria)
     segment_of: list[int] = []
+    last_gflops: list[float] = []  # per sample: GFLOPs of the last exit at its actual prompt length
     for index, instruction, frames in segments:
         policy.reset()
         for static_rgb, gripper_rgb in frames:
             recorder = _RecordAll(names)
-            policy.step(static_rgb, gripper_rgb, instruction, recorder)
+            result = policy.step(static_rgb, gripper_rgb, instruction, recorder)
             if len(recorder.rows) != len(exits):
                 raise RuntimeError(f"the policy examined {len(recorder.rows)} exits, expected all {len(exits)}: "
                                    "calibration needs a decider call at every built exit")
             columns.append(np.asarray(recorder.rows, dtype=np.float64))
             segment_of.append(int(index))
+            last_gflops.append(float(result.gflops))
     if not columns:
         raise CalibrationError("no frames to calibrate on: the selected segments are empty")
     stacked = np.stack(columns, axis=-1)  # (n_exits, n_criteria, N)
+    nominal = np.array([e.gflops for e in exits], dtype=np.float64)
+    # Every exit's cost scales with the prompt length like the last one's (exact when all layers have the same
+    # structure, as in DeeR-3B), so the mean actual cost of exit k is its nominal cost times the mean ratio.
+    measured = nominal * float(np.mean(last_gflops)) / nominal[-1]
     info = {**(meta or {}), "frames": len(columns), "segments": len(set(segment_of)),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+            "exit_gflops_nominal": nominal.tolist(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     return Calibration({name: stacked[:, i] for i, name in enumerate(names)},
-                       [e.gflops for e in exits], [e.layers for e in exits], segment_of, info)
+                       measured, [e.layers for e in exits], segment_of, info)

@@ -71,6 +71,7 @@ class ExitController:
             self.values = []  # a new control step
         value = float(self.criterion(candidate))
         self.values.append(value)
+        candidate.value = value  # DeerPolicy copies it into StepResult.values
         position = candidate.index - 1
         if self.max_exit and candidate.index >= self.max_exit:
             return True
@@ -237,12 +238,18 @@ class ExitBudget:
     @classmethod
     def create(cls, exits: Sequence[Any], calibration: Calibration | None, params: Mapping[str, Any],
                **kwargs: Any) -> "ExitBudget":
-        """From the policy's `exits` (ExitInfo list), a calibration (cut to those exits) and parameter values."""
+        """From the policy's `exits` (ExitInfo list), a calibration (cut to those exits) and parameter values.
+
+        With a calibration, the per-exit GFLOPs are the calibration's (averaged over its real prompts), so a
+        solved budget is met on the calibration data in the GFLOPs the policy reports.
+        """
+        gflops = [e.gflops for e in exits]
         if calibration is not None:
             calibration = calibration.for_exits([e.layers for e in exits])
+            gflops = calibration.exit_gflops  # measured at the calibration's prompts, not a typical one
         settings = resolve_budget(BudgetSettings(), {k: v for k, v in params.items() if k in FIELDS},
-                                  [e.gflops for e in exits], calibration).settings
-        return cls([e.gflops for e in exits], calibration, settings, **kwargs)
+                                  gflops, calibration).settings
+        return cls(gflops, calibration, settings, **kwargs)
 
     @property
     def settings(self) -> BudgetSettings:

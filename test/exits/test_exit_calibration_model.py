@@ -1,0 +1,70 @@
+"""Calibration and deciders with the real tiny model on the real CALVIN sample."""
+import numpy as np
+import pytest
+import torch
+
+from deer_ros.calvin.dataset import CalvinSplit
+from deer_ros.exits import ExitController, FixedExit, collect_calibration, criterion_names
+from deer_ros.exits.calibration import split_segments
+from deer_ros.model.config import DeerConfig
+from deer_ros.model.deer import build_model
+from deer_ros.model.policy import DeerPolicy
+from deer_ros.model.tokenizer import load_tokenizer
+from deer_ros.paths import calvin_sample
+
+
+@pytest.fixture(scope="module")
+def policy():
+    torch.manual_seed(0)
+    config = DeerConfig.preset("tiny")
+    return DeerPolicy(build_model(config), load_tokenizer(config.tokenizer))
+
+
+@pytest.fixture(scope="module")
+def split():
+    return CalvinSplit(calvin_sample() / "validation")
+
+
+def test_collect_records_every_exit_and_criterion_per_frame(policy, split):
+    cal = collect_calibration(policy, split_segments(split, "0,2", max_frames=4), meta={"model": "tiny"})
+    n_exits = len(policy.exits)
+    assert cal.criteria == criterion_names()
+    for name in cal.criteria:
+        v = cal.values[name]
+        assert v.shape == (n_exits, 8) and np.all(np.isfinite(v)) and np.all(v >= 0)
+        assert np.ptp(v) > 0  # the values really vary over frames and exits
+    np.testing.assert_array_equal(cal.segment, [0] * 4 + [2] * 4)
+    np.testing.assert_array_equal(cal.exit_layers, [e.layers for e in policy.exits])
+    assert cal.meta["frames"] == 8 and cal.meta["segments"] == 2 and cal.meta["model"] == "tiny"
+    # GFLOPs measured at the real prompts: same shape across exits as the nominal (typical prompt) costs
+    nominal = np.array(cal.meta["exit_gflops_nominal"])
+    np.testing.assert_allclose(cal.exit_gflops / cal.exit_gflops[-1], nominal / nominal[-1])
+
+
+def test_each_segment_starts_from_a_reset_history(policy, split):
+    both = collect_calibration(policy, split_segments(split, "0,1", max_frames=3), ["action_consistency"])
+    alone = collect_calibration(policy, split_segments(split, "1", max_frames=1), ["action_consistency"])
+    # the first frame of segment 1 gives the same values after segment 0 as on a fresh policy
+    np.testing.assert_allclose(both.values["action_consistency"][:, 3], alone.values["action_consistency"][:, 0],
+                               rtol=1e-5, atol=1e-7)
+    # and a segment's values do not depend on what the policy ran before it
+    again = collect_calibration(policy, split_segments(split, "0", max_frames=3), ["action_consistency"])
+    np.testing.assert_allclose(again.values["action_consistency"], both.values["action_consistency"][:, :3],
+                               rtol=1e-5, atol=1e-7)
+
+
+def test_deciders_drive_the_real_policy(policy, split):
+    frame = split.frame(split.segments()[0].start)
+    policy.reset()
+    assert policy.step(frame.rgb_static, frame.rgb_gripper, "pick up the block", FixedExit(2)).exit_index == 2
+    n = len(policy.exits)
+    never = ExitController("action_consistency", [-1.0] * n)
+    policy.reset()
+    result = policy.step(frame.rgb_static, frame.rgb_gripper, "pick up the block", never)
+    assert result.exit_index == n and len(result.values) == n  # values reach StepResult through the candidate
+    always = ExitController("action_consistency", [1e8] * n)
+    policy.reset()
+    result = policy.step(frame.rgb_static, frame.rgb_gripper, "pick up the block", always)
+    assert result.exit_index == 1 and result.values == always.values
+    capped = ExitController("action_consistency", [-1.0] * n, max_exit=2)
+    assert policy.step(frame.rgb_static, frame.rgb_gripper, "pick up the block", capped).exit_index == 2
