@@ -59,7 +59,9 @@ class DeerModel(nn.Module):
     def encode_vision(self, images: torch.Tensor) -> torch.Tensor:
         """images (B, C, 3, S, S) normalised -> media (B, 1, C * latents, dv), cameras in input order."""
         B, C = images.shape[:2]
-        with torch.no_grad():  # the vision tower is frozen
+        # The tower is frozen (no graph kept) unless a training recipe unfroze it: the tiny model trains from scratch.
+        trainable = torch.is_grad_enabled() and any(p.requires_grad for p in self.vision.parameters())
+        with torch.set_grad_enabled(trainable):
             tokens = patch_tokens(self.vision, images.flatten(0, 1))  # (B*C, P, dv)
         latents = self.perceiver(tokens[:, None, None])  # (B*C, 1, n, dv): one shared perceiver for all cameras
         n, dv = latents.shape[-2:]
