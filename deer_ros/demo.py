@@ -52,10 +52,13 @@ def demo_main(argv: list[str] | None = None) -> int:
     bridge = NodeProcess("calvin_bridge", [executable("calvin_bridge_node"),
                                            *ros_args([config / "calvin_bridge.yaml"], bridge_params)],
                          env, work / "calvin_bridge.log")
-    try:
-        bridge_code = bridge.wait(timeout=args.timeout)
-    except Exception:  # noqa: BLE001 - a timeout: stop both and report below
-        bridge_code = bridge.stop(signal.SIGINT)
+    deadline = time.monotonic() + args.timeout
+    # The bridge exits by itself after the last frame; a policy that dies first (bad checkpoint) ends the run.
+    while bridge.running and policy.running and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if bridge.running and not policy.running:
+        print("deer_policy stopped before the replay finished", file=sys.stderr)
+    bridge_code = bridge.wait(timeout=1) if not bridge.running else bridge.stop(signal.SIGINT)
     policy_code = policy.stop(signal.SIGINT)
     wall = time.monotonic() - t0
     if args.keep_logs or bridge_code != 0 or policy_code != 0 or not report.exists():

@@ -162,6 +162,8 @@ class CalvinBridgeNode(Node):
             self._run_sim() if self.mode == "sim" else self._run_replay()
             self._finish()
         except Exception as exc:  # noqa: BLE001 - report and end the run instead of dying silently
+            if self._stop.is_set() or not self.context.ok():
+                return  # shutting down (Ctrl-C): publishing fails once the context is gone, that is no error
             self.failed = f"{type(exc).__name__}: {exc}"
             self.get_logger().error(f"{self.mode} failed: {self.failed}")
         finally:

@@ -68,22 +68,23 @@ class ParamSpec:
 def declare(node: Node, specs: Iterable[ParamSpec]) -> None:
     """Declare every spec on `node` (values from params files and -p overrides apply here)."""
     for spec in specs:
-        default = [float(v) for v in spec.default] if spec.kind is list else spec.default
-        ptype = Parameter.Type.DOUBLE_ARRAY if spec.kind is list else None
-        if ptype is not None and not default:
-            # An empty list carries no type; declare the type explicitly so ros2 param set gets a double[].
-            node.declare_parameter(spec.name, ptype, spec.descriptor())
+        if spec.kind is not list:
+            node.declare_parameter(spec.name, spec.default, spec.descriptor())
             continue
-        node.declare_parameter(spec.name, default, spec.descriptor())
+        # An empty Python list would be typed as a byte array: declare the double[] type, then give the default
+        # unless a params file or -p already set a value.
+        node.declare_parameter(spec.name, Parameter.Type.DOUBLE_ARRAY, spec.descriptor())
+        if node.get_parameter_or(spec.name).type_ == Parameter.Type.NOT_SET:
+            node.set_parameters([Parameter(spec.name, Parameter.Type.DOUBLE_ARRAY,
+                                           [float(v) for v in spec.default])])
 
 
 def values(node: Node, specs: Sequence[ParamSpec]) -> dict[str, Any]:
-    """Current values of `specs`, with an unset double array read as []."""
+    """Current values of `specs` (double arrays as lists of floats)."""
     out = {}
     for spec in specs:
         value = node.get_parameter(spec.name).value
-        out[spec.name] = list(value) if spec.kind is list and value is not None else (
-            [] if spec.kind is list else value)
+        out[spec.name] = [float(v) for v in value] if spec.kind is list else value
     return out
 
 

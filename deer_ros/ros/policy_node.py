@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
+import traceback
 from collections import Counter, deque
 
 import numpy as np
@@ -105,9 +106,11 @@ class DeerPolicyNode(LifecycleNode):
                                  memory_budget_mb=p["memory_budget_mb"] or None)
             budget = ExitBudget.create(policy.exits, self._load_calibration(p),
                                        {k: p[k] for k in BUDGET_PARAMETERS})
-        except (OSError, ValueError, RuntimeError, BudgetError, CalibrationError) as exc:
-            self._last_error = str(exc)
-            self.get_logger().error(f"configure failed: {exc}")
+        except Exception as exc:  # noqa: BLE001 - any failure must reach the log, not vanish in the lifecycle
+            self._last_error = f"{type(exc).__name__}: {exc}"
+            if not isinstance(exc, (OSError, ValueError, RuntimeError, BudgetError, CalibrationError)):
+                self.get_logger().error(traceback.format_exc())
+            self.get_logger().error(f"configure failed: {self._last_error}")
             return TransitionCallbackReturn.FAILURE
         with self._model_lock:
             self._policy, self._budget = policy, budget
