@@ -65,13 +65,22 @@ def perceiver_macs(c: DeerConfig) -> int:
     return c.perceiver_depth * per_layer
 
 
-def head_macs(c: DeerConfig) -> int:
-    """One call of the action head on one time step: the LSTM stack and both MLPs."""
+def head_lstm_macs(c: DeerConfig) -> int:
+    """The head's LSTM stack on one time step: 4 gates, input and recurrent products, per layer."""
     h = c.head_hidden
-    lstm = sum(4 * h * ((c.d_model if i == 0 else h) + h) for i in range(c.head_lstm_layers))
-    dims = (h, *c.head_mlp_hidden)
-    mlp = sum(a * b for a, b in zip(dims, dims[1:]))
-    return lstm + mlp * 2 + dims[-1] * (c.pose_dim + 1)
+    return sum(4 * h * ((c.d_model if i == 0 else h) + h) for i in range(c.head_lstm_layers))
+
+
+def head_mlp_macs(c: DeerConfig) -> int:
+    """The pose and gripper MLPs on one time step."""
+    dims = (c.head_hidden, *c.head_mlp_hidden)
+    hidden = sum(a * b for a, b in zip(dims, dims[1:]))
+    return 2 * hidden + dims[-1] * (c.pose_dim + 1)
+
+
+def head_macs(c: DeerConfig) -> int:
+    """One call of the action head on one time step."""
+    return head_lstm_macs(c) + head_mlp_macs(c)
 
 
 @dataclass(frozen=True)
@@ -111,7 +120,7 @@ def cost_report(c: DeerConfig, tokens: int | None = None) -> dict:
         "tokens": L,
         "convention": "gflops = GMACs (multiply-accumulates / 1e9), as the DeeR paper; flops = 2 * macs",
         "exits": exits,
-        "per_layer_gflops": layer_macs(c, c.last_layer, L) / 1e9,
+        "per_layer_gflops": exits[-1]["gflops"] / exits[-1]["layers"],  # mean over the DeeR model's layers
         "full_llm": {"layers": c.n_layers, "macs": full, "gflops": full / 1e9},
         "vision_per_camera": {"macs": vision_macs(c), "gflops": vision_macs(c) / 1e9},
         "perceiver_per_camera": {"macs": perceiver_macs(c), "gflops": perceiver_macs(c) / 1e9},
@@ -122,17 +131,17 @@ def cost_report(c: DeerConfig, tokens: int | None = None) -> dict:
 
 def format_report(r: dict) -> str:
     lines = [f"model {r['model']}: LLM cost per exit at a {r['tokens']}-token prompt ({r['convention']})", "",
-             f"{'exit':>4} {'layer':>5} {'layers':>6} {'GFLOPs':>9} {'MACs':>15} {'FLOPs':>15} {'LLM MB fp32':>12}"]
+             f"{'exit':>4} {'layer':>5} {'layers':>6} {'GFLOPs':>10} {'MACs':>15} {'FLOPs':>15} {'LLM MB fp32':>12}"]
     for e in r["exits"]:
-        lines.append(f"{e['index']:>4} {e['layer']:>5} {e['layers']:>6} {e['gflops']:>9.3f} {e['macs']:>15,} "
+        lines.append(f"{e['index']:>4} {e['layer']:>5} {e['layers']:>6} {e['gflops']:>10.4g} {e['macs']:>15,} "
                      f"{e['flops']:>15,} {e['llm_weight_mb']:>12.1f}")
     n = r["cameras"]
     lines += ["",
-              f"per LLM layer (block + x-attn): {r['per_layer_gflops']:.3f} GFLOPs",
-              f"full LLM ({r['full_llm']['layers']} layers): {r['full_llm']['gflops']:.2f} GFLOPs",
-              f"vision encoder: {r['vision_per_camera']['gflops']:.3f} GFLOPs per camera x {n}",
-              f"perceiver: {r['perceiver_per_camera']['gflops']:.3f} GFLOPs per camera x {n}",
-              f"action head: {r['head_per_call']['gflops']:.4f} GFLOPs per call"]
+              f"per LLM layer (block + x-attn, mean): {r['per_layer_gflops']:.4g} GFLOPs",
+              f"full LLM ({r['full_llm']['layers']} layers): {r['full_llm']['gflops']:.4g} GFLOPs",
+              f"vision encoder: {r['vision_per_camera']['gflops']:.4g} GFLOPs per camera x {n}",
+              f"perceiver: {r['perceiver_per_camera']['gflops']:.4g} GFLOPs per camera x {n}",
+              f"action head: {r['head_per_call']['gflops']:.4g} GFLOPs per call"]
     return "\n".join(lines)
 
 

@@ -31,12 +31,13 @@ def resolve_device(device: str | torch.device) -> torch.device:
 
 def prepare_model(model: nn.Module, device: str | torch.device = "cpu", dtype: str = "fp32") -> nn.Module:
     """Move a DeerModel to `device` in `dtype`, in eval mode (in place; returns it)."""
-    dev = resolve_device(device)
     check_dtype(dtype)
+    if dtype == "int8" and str(device) != "cpu":
+        raise ValueError(f"dtype int8 (dynamic quantisation) runs on the CPU only (device {device!r} given); "
+                         "use fp16 or bf16 on a GPU")
+    dev = resolve_device(device)
     model.eval()
     if dtype == "int8":
-        if dev.type != "cpu":
-            raise ValueError("dtype int8 (dynamic quantisation) runs on the CPU only; use fp16 or bf16 on a GPU")
         model.to(device=dev, dtype=torch.float32)
         with warnings.catch_warnings():
             # torch deprecates the quantized-tensor API in favour of torchao; it still works, and torchao is not

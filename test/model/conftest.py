@@ -13,6 +13,16 @@ from model_fixtures import tiny_model
 SAMPLE = Path(__file__).resolve().parents[2] / "data" / "calvin_sample"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread():
+    """The tiny model's ops are far too small to gain from intra-op threads, and on a shared 2-core machine
+    spinning OpenMP threads make them 10-100x slower; one thread keeps these tests fast and their timing stable."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny_config() -> DeerConfig:
     return DeerConfig.preset("tiny")
