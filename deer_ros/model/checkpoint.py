@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -102,7 +103,9 @@ def read_file(path: str | Path, trust_pickle: bool = False) -> dict[str, Any]:
 
         return load_file(str(path))
     if zipfile.is_zipfile(path) and any(n.endswith("constants.pkl") for n in zipfile.ZipFile(path).namelist()):
-        return dict(torch.jit.load(str(path), map_location="cpu").state_dict())  # OpenAI's TorchScript CLIP
+        with warnings.catch_warnings():  # deprecated in favour of torch.export, but OpenAI ships CLIP this way
+            warnings.filterwarnings("ignore", category=FutureWarning, message=".*torch.jit.load.*")
+            return dict(torch.jit.load(str(path), map_location="cpu").state_dict())
     try:
         data = torch.load(str(path), map_location="cpu", weights_only=not trust_pickle, mmap=zipfile.is_zipfile(path))
     except Exception as exc:  # noqa: BLE001 - report every unpickling failure the same way

@@ -276,6 +276,7 @@ def test_hf_mpt_weights(tmp_path, kind):
     assert all(torch.equal(mapped.tensors[k], v) for k, v in blocks.items())
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
 def test_open_clip_weights_give_the_same_tokens_as_open_clip(tmp_path):
     """Weights of a real open_clip CLIP model load by name, and our tokens equal open_clip 2.20's output_tokens."""
     import open_clip
@@ -342,3 +343,25 @@ def test_load_policy(tmp_path, monkeypatch):
     # a DeeR .pth works too: sizes from the preset and the file
     torch.save(deer_pth(model), tmp_path / "deer.pth")
     assert_same_weights(model, ck.load_policy(str(tmp_path / "deer.pth"), preset="tiny").model)
+
+
+def test_convert_released_files_into_one_checkpoint(tmp_path, capsys):
+    from deer_ros.model.convert import convert_main
+    from deer_ros.model.tokenizer import TINY_TOKENIZER_DIR
+
+    model = tiny_model()
+    data = deer_pth(model, with_vision=False)
+    data["model_state_dict"] = {k: v for k, v in data["model_state_dict"].items() if "decoder_blocks" not in k}
+    torch.save(data, tmp_path / "deer.pth")
+    torch.save(clip_state(model), tmp_path / "clip.bin")
+    torch.save(mpt_state(model), tmp_path / "mpt.bin")
+    common = ["--preset", "tiny", "--deer", str(tmp_path / "deer.pth"), "--vision-weights", str(tmp_path / "clip.bin"),
+              "--tokenizer", str(TINY_TOKENIZER_DIR)]
+    assert convert_main(common + ["--out", str(tmp_path / "partial.pt")]) == 1  # no MPT blocks anywhere
+    assert "blocks <- MPT weights" in capsys.readouterr().err
+    assert convert_main(common + ["--mpt-weights", str(tmp_path / "mpt.bin"), "--out", str(tmp_path / "m.pt")]) == 0
+    policy = ck.load_policy(str(tmp_path / "m.pt"), preset="tiny")
+    assert_same_weights(model, policy.model)
+    assert policy.config.tokenizer == str(TINY_TOKENIZER_DIR.resolve())
+    with pytest.raises(SystemExit):
+        convert_main(["--out", str(tmp_path / "x.pt"), "--preset", "tiny"])  # no DeeR heads and no --fresh-heads
