@@ -346,7 +346,9 @@ def load_state(model: DeerModel, sources: list[Mapped], fresh: tuple[str, ...] =
     """Load tensors from `sources` (later ones win, as the reference's load order) into `model`, strictly.
 
     `fresh` are name prefixes that are deliberately left as initialised (e.g. ('head.',) when starting training
-    from a backbone). Returns the keys skipped because their layers are not built. Raises CheckpointError.
+    from a backbone); they keep the model's current values, so build such a model initialised, not with
+    empty=True (load_reference does this). Returns the keys skipped because their layers are not built.
+    Raises CheckpointError.
     """
     unknown = [f"{s.source}: {k}" for s in sources for k in s.unknown]
     merged: dict[str, torch.Tensor] = {}
