@@ -70,7 +70,7 @@ def calibrate_main(argv: list[str] | None = None) -> int:
         calibration = collect_calibration(policy, split_segments(split, args.segments, args.max_frames),
                                           args.criterion, meta)
         calibration.save(out)
-    except (CalvinDatasetError, CalibrationError, OSError, ValueError) as exc:
+    except (CalvinDatasetError, CalibrationError, OSError, ValueError, RuntimeError) as exc:  # Runtime: checkpoints
         print(f"deer-ros calibrate: {exc}", file=sys.stderr)
         return 1
     summary = _summary(calibration, out)

@@ -231,6 +231,7 @@ class ExitBudget:
         self._tolerance = resolve_tolerance  # re-solve when the tracked target moved by this fraction
         self.tracker: BudgetTracker | None = None
         self.window: deque[float] = deque(maxlen=window)  # realised GFLOPs of the latest steps
+        self.prompt_scale = 1.0  # realised / calibration GFLOPs of the same exit, latest step (see record)
         self.steps, self._total = 0, 0.0  # since the settings last changed
         self.decider = ExitController()
         self._install(resolve_budget(settings, {}, self.exit_gflops, calibration))
@@ -274,32 +275,51 @@ class ExitBudget:
         s = resolved.settings
         if s.mode == "flops_budget" and s.budget_tracking:
             lo, hi = solver.budget_range(self.exit_gflops, resolved.max_exit)
+            lo, hi = lo * self.prompt_scale, hi * self.prompt_scale  # in realised GFLOPs at the current prompt
             if self.tracker is None:
                 self.tracker = BudgetTracker(s.flops_budget, lo, hi, self._tracker_gain)
-            else:
-                self.tracker.set_budget(s.flops_budget, lo, hi)
-            if abs(self.tracker.target - s.flops_budget) > 1e-12:  # the kept correction applies at once
-                resolved = resolve_budget(s, {}, self.exit_gflops, self.calibration, self.tracker.target)
+            else:  # keeps the learned correction
+                self.tracker.set_budget(s.flops_budget)
+                self.tracker.set_limits(lo, hi)
         else:
             self.tracker = None
         self._resolved = resolved
+        self._solved_target = s.flops_budget
         self.window.clear()
         self.steps, self._total = 0, 0.0
-        self._solved_target = self.tracker.target if self.tracker else s.flops_budget
         self.decider.configure(s.criterion, resolved.thresholds, resolved.max_exit)
+        if self.tracker is not None:
+            self._retarget()
 
-    def record(self, gflops: float) -> None:
-        """Account one action's realised GFLOPs; with tracking, re-solve when the corrected target moved."""
-        self.window.append(float(gflops))
-        self.steps += 1
-        self._total += float(gflops)
-        if self.tracker is None:
-            return
-        target = self.tracker.record(gflops)
+    def _retarget(self) -> None:
+        """Re-solve for the tracker's target, in calibration GFLOPs, when it moved by more than the tolerance."""
+        lo, hi = solver.budget_range(self.exit_gflops, self._resolved.max_exit)
+        target = float(np.clip(self.tracker.target / self.prompt_scale, lo, hi))
         if abs(target - self._solved_target) > self._tolerance * self.flops_budget:
             self._resolved = resolve_budget(self.settings, {}, self.exit_gflops, self.calibration, target)
             self._solved_target = target
             self.decider.configure(self.settings.criterion, self._resolved.thresholds, self._resolved.max_exit)
+
+    def record(self, gflops: float) -> None:
+        """Account one action's realised GFLOPs (of a step decided by `decider`); with tracking, correct the
+        thresholds for the next step.
+
+        Two corrections: the tracker's integral one, and a feed-forward one for the instruction's length: an
+        exit costs more with a longer prompt, so the latest step's cost over the calibration's cost of the same
+        exit (`prompt_scale`) converts the realised-GFLOPs target into the calibration's GFLOPs at once when
+        the instruction changes.
+        """
+        self.window.append(float(gflops))
+        self.steps += 1
+        self._total += float(gflops)
+        exit_index = len(self.decider.values)  # the decider saw exits 1..k of the step just taken
+        if 1 <= exit_index <= len(self.exit_gflops) and gflops > 0:
+            self.prompt_scale = float(gflops) / float(self.exit_gflops[exit_index - 1])
+        if self.tracker is not None:
+            lo, hi = solver.budget_range(self.exit_gflops, self._resolved.max_exit)
+            self.tracker.set_limits(lo * self.prompt_scale, hi * self.prompt_scale)
+            self.tracker.record(gflops)
+            self._retarget()
 
     def report(self) -> dict[str, str]:
         """Diagnostics key/values: requested vs realised GFLOPs, mode, thresholds in force."""
@@ -312,6 +332,8 @@ class ExitBudget:
             out["exit_ratio_solved"] = f"{r.solution.exit_ratio:.4g}"
         if self.tracker is not None:
             out["flops_target"] = f"{self.tracker.target:.4g}"
+            out["flops_target_calibration"] = f"{self._solved_target:.4g}"
+            out["prompt_cost_scale"] = f"{self.prompt_scale:.3g}"
         out.update({"flops_realised_window": f"{self.realised_window:.4g}",
                     "flops_realised_total": f"{self.realised_total:.4g}", "flops_steps": str(self.steps)})
         return out

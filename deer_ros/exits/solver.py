@@ -115,7 +115,9 @@ def exit_counts(shares: np.ndarray, n_samples: int) -> np.ndarray:
 def thresholds_for_counts(values: np.ndarray, counts: np.ndarray) -> np.ndarray:
     """Thresholds under which exit k stops counts[k] of the samples still running there (no ties assumed).
 
-    `counts` covers the allowed exits (len = cap); the cap's own threshold and those past it are ALWAYS.
+    `counts` covers the allowed exits (len = cap); the cap's own threshold and those past it are ALWAYS. An exit
+    that stops none of its samples gets NEVER and one that stops all of them ALWAYS, so the extreme budgets
+    stay extreme on data the calibration never saw.
     """
     v = np.asarray(values, dtype=np.float64)
     cap = len(counts)
@@ -127,7 +129,11 @@ def thresholds_for_counts(values: np.ndarray, counts: np.ndarray) -> np.ndarray:
         if m <= 0 or row.size == 0:
             thresholds[k] = NEVER
             continue
-        m = min(m, row.size)
+        if m >= row.size:
+            # every running sample stops here: say "always", so that unseen data with larger values stops too
+            thresholds[k] = ALWAYS
+            running[:] = False
+            continue
         thresholds[k] = np.partition(row, m - 1)[m - 1]  # the m-th smallest value of the running samples
         running &= v[k] > thresholds[k]
     return thresholds

@@ -25,18 +25,28 @@ class BudgetTracker:
             raise ValueError(f"tracker gain must be > 0, got {gain}")
         self.gain = float(gain)
         self.correction = 0.0  # relative: target = budget * (1 + correction)
-        self.set_budget(budget, lo, hi)
+        self.lo, self.hi = float(lo), float(hi)
+        self.set_budget(budget)
+        self.set_limits(lo, hi)
 
-    def set_budget(self, budget: float, lo: float, hi: float) -> None:
-        """A new budget (and reachable range [lo, hi]); the learned relative correction is kept."""
-        if not (np.isfinite(budget) and 0 < lo <= budget <= hi):
-            raise ValueError(f"budget {budget} must lie in the reachable range [{lo}, {hi}]")
-        self.budget, self.lo, self.hi = float(budget), float(lo), float(hi)
+    def set_budget(self, budget: float) -> None:
+        """A new budget (GFLOPs > 0); the learned relative correction is kept."""
+        if not (np.isfinite(budget) and budget > 0):
+            raise ValueError(f"budget must be a positive number of GFLOPs, got {budget}")
+        self.budget = float(budget)
+        self._clip()
+
+    def set_limits(self, lo: float, hi: float) -> None:
+        """The range [lo, hi] the target can usefully take (what the cheapest and the deepest allowed exit cost
+        now); the correction stops growing at its ends (anti wind-up)."""
+        if not (np.isfinite(lo) and np.isfinite(hi) and 0 < lo <= hi):
+            raise ValueError(f"tracker limits must satisfy 0 < lo <= hi, got [{lo}, {hi}]")
+        self.lo, self.hi = float(lo), float(hi)
         self._clip()
 
     @property
     def target(self) -> float:
-        """The budget to hand to the solver."""
+        """The budget to hand to the solver (realised GFLOPs)."""
         return self.budget * (1.0 + self.correction)
 
     def record(self, gflops: float) -> float:

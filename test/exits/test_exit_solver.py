@@ -124,10 +124,13 @@ def test_a_bigger_budget_never_gives_fewer_layers_on_average(problem, a, b):
 
 def test_budget_extremes_put_every_sample_on_the_first_or_the_capped_exit():
     values = synthetic_values(np.random.default_rng(1), 6, 500)
+    unseen = values * 10  # data the calibration never saw, with larger values than any it holds
     first = solver.solve_budget(values, GFLOPS_3B, GFLOPS_3B[0])
     assert np.all(solver.simulate(values, first.thresholds) == 0)
+    assert np.all(solver.simulate(unseen, first.thresholds) == 0)  # "everyone stops" generalises
     capped = solver.solve_budget(values, GFLOPS_3B, GFLOPS_3B[3], max_exit=4)
     assert np.all(solver.simulate(values, capped.thresholds, 4) == 3)
+    assert np.all(solver.simulate(unseen / 100, capped.thresholds, 4) == 3)
 
 
 @pytest.mark.parametrize("budget, cap", [(2.0, None), (16.0, None), (8.0, 2), (float("nan"), None)])

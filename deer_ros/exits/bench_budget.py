@@ -1,0 +1,195 @@
+"""Budget benchmark: requested vs realised LLM GFLOPs, on the calibration split and on a held-out split, with and
+without online budget tracking; the exit distribution per budget as a PNG; solver timings on 100,000 samples.
+
+    python -m deer_ros.exits.bench_budget [--out DIR] [--checkpoint FILE] [--json]
+
+The model runs closed loop over the recorded frames exactly as the policy node drives it: one `ExitBudget`
+(decider + tracker) per run, `record()` after every step, the history reset at every annotated segment.
+Default data: the bundled CALVIN sample, training = calibration, validation = held out (played `--passes`
+times, so the tracker is judged over more than 200 steps).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from deer_ros.exits import solver
+from deer_ros.exits.calibration import Calibration, collect_calibration
+from deer_ros.exits.controller import BudgetSettings, ExitBudget
+
+Segment = tuple[int, str, list[tuple[np.ndarray, np.ndarray]]]
+BUDGET_FRACTIONS = (0.15, 0.35, 0.5, 0.65, 0.85)  # of the way from the cheapest to the deepest exit
+
+
+def load_policy(model: str, checkpoint: str, seed: int) -> tuple[Any, str]:
+    """The policy to measure and a line saying what it is."""
+    import torch
+
+    from deer_ros.paths import demo_checkpoint
+
+    path = Path(checkpoint).expanduser() if checkpoint else demo_checkpoint()
+    if checkpoint or path.exists():
+        from deer_ros.model.checkpoint import load_policy as load
+
+        return load(checkpoint=str(path), preset=model), f"{model} from {path}"
+    from deer_ros.model.config import DeerConfig
+    from deer_ros.model.deer import build_model
+    from deer_ros.model.policy import DeerPolicy
+    from deer_ros.model.tokenizer import load_tokenizer
+
+    torch.manual_seed(seed)
+    config = DeerConfig.preset(model)
+    return (DeerPolicy(build_model(config), load_tokenizer(config.tokenizer)),
+            f"{model}, randomly initialised (seed {seed}): no checkpoint at {path}")
+
+
+def load_segments(split_dir: Path) -> list[Segment]:
+    """All annotated segments of a split with their frames in memory (the runs replay them many times)."""
+    from deer_ros.calvin.dataset import CalvinSplit
+
+    split = CalvinSplit(split_dir)
+    return [(s.index, s.instruction, [(f.rgb_static, f.rgb_gripper) for f in split.frames(s, keys=())])
+            for s in split.segments()]
+
+
+def run(policy: Any, segments: list[Segment], budget: ExitBudget, passes: int = 1) -> dict[str, Any]:
+    """Drive the policy over the segments under `budget`; realised GFLOPs and exits per step."""
+    gflops, exits = [], []
+    for _ in range(passes):
+        for _, instruction, frames in segments:
+            policy.reset()
+            for static_rgb, gripper_rgb in frames:
+                result = policy.step(static_rgb, gripper_rgb, instruction, budget.decider)
+                budget.record(result.gflops)
+                gflops.append(float(result.gflops))
+                exits.append(int(result.exit_index))
+    return {"gflops": np.array(gflops), "exits": np.array(exits)}
+
+
+def solver_timings(n_exits: int, gflops: np.ndarray, n: int = 100_000, repeats: int = 30) -> dict[str, float]:
+    """Median and worst milliseconds of the solver on n synthetic samples."""
+    rng = np.random.default_rng(0)
+    values = rng.gamma(2.0, 0.01, size=(n_exits, n))
+    budget = float(np.mean(gflops[[0, -1]]))
+    jobs = {"solve_budget": lambda: solver.solve_budget(values, gflops, budget),
+            "solve_exit_ratio": lambda: solver.solve_exit_ratio(values, 1.0, exit_gflops=gflops),
+            "simulate": lambda: solver.simulate(values, np.full(n_exits, 0.02))}
+    out = {}
+    for name, job in jobs.items():
+        job()
+        ms = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            job()
+            ms.append((time.perf_counter() - t0) * 1e3)
+        out[f"{name}_median_ms"], out[f"{name}_max_ms"] = float(np.median(ms)), float(np.max(ms))
+    return out
+
+
+def plot(rows: list[dict], n_exits: int, path: Path) -> None:
+    """Grouped bars: share of steps per exit, one bar per budget; calibration split and held-out (tracked)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [("calibration split, no tracking", "calibration", False),
+              ("held-out split, no tracking", "held-out", False), ("held-out split, tracking", "held-out", True)]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), sharey=True)
+    budgets = sorted({r["budget"] for r in rows})
+    width = 0.8 / len(budgets)
+    for ax, (title, split, tracking) in zip(axes, panels):
+        for j, b in enumerate(budgets):
+            row = next(r for r in rows if r["budget"] == b and r["split"] == split and r["tracking"] == tracking)
+            ax.bar(np.arange(1, n_exits + 1) + (j - (len(budgets) - 1) / 2) * width, row["exit_shares"], width,
+                   label=f"{b:.3g} GFLOPs (realised {row['realised']:.3g})")
+        ax.set_title(title)
+        ax.set_xlabel("exit")
+        ax.set_xticks(np.arange(1, n_exits + 1))
+    axes[0].set_ylabel("share of actions")
+    axes[-1].legend(title="budget", fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| budget GFLOPs | split | tracking | steps | realised GFLOPs | error | last 200 steps | exits 1..n |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        shares = " ".join(f"{s:.2f}" for s in r["exit_shares"])
+        lines.append(f"| {r['budget']:.4g} | {r['split']} | {'on' if r['tracking'] else 'off'} | {r['steps']} | "
+                     f"{r['realised']:.4g} | {r['error_pct']:+.1f}% | {r['error_last200_pct']:+.1f}% | {shares} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from deer_ros.paths import calvin_sample
+
+    p = argparse.ArgumentParser(prog="python -m deer_ros.exits.bench_budget", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="tiny")
+    p.add_argument("--checkpoint", default="", help="'' = the bundled demo checkpoint, or a random tiny model")
+    p.add_argument("--dataset", default=str(calvin_sample()), help="CALVIN dataset root")
+    p.add_argument("--calibration-split", default="training")
+    p.add_argument("--heldout-split", default="validation")
+    p.add_argument("--passes", type=int, default=2, help="times the held-out split is played per run")
+    p.add_argument("--criterion", default="action_consistency")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="out/bench_budget", help="folder for budget_exits.png and results.json")
+    p.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
+    args = p.parse_args(argv)
+
+    policy, what = load_policy(args.model, args.checkpoint, args.seed)
+    root = Path(args.dataset).expanduser()
+    calib_segments = load_segments(root / args.calibration_split)
+    heldout_segments = load_segments(root / args.heldout_split)
+    t0 = time.perf_counter()
+    calibration = collect_calibration(policy, calib_segments, [args.criterion],
+                                      {"model": args.model, "dataset": str(root), "split": args.calibration_split})
+    calibrate_s = time.perf_counter() - t0
+    g = calibration.exit_gflops
+    budgets = [float(g[0] + f * (g[-1] - g[0])) for f in BUDGET_FRACTIONS]
+
+    rows = []
+    for b in budgets:
+        for split, segments, passes in (("calibration", calib_segments, 1), ("held-out", heldout_segments,
+                                                                             args.passes)):
+            for tracking in (False, True):
+                budget = ExitBudget(g, calibration, BudgetSettings(flops_budget=b, criterion=args.criterion,
+                                                                   budget_tracking=tracking))
+                r = run(policy, segments, budget, passes)
+                realised, last = float(r["gflops"].mean()), float(r["gflops"][-200:].mean())
+                rows.append({"budget": b, "split": split, "tracking": tracking, "steps": len(r["gflops"]),
+                             "realised": realised, "error_pct": 100 * (realised / b - 1),
+                             "error_last200_pct": 100 * (last / b - 1),
+                             "exit_shares": (np.bincount(r["exits"] - 1, minlength=len(g)) / len(r["exits"])).tolist(),
+                             "final_target": budget.tracker.target if budget.tracker else b})
+    timings = solver_timings(len(g), g)
+    png = Path(args.out) / "budget_exits.png"
+    plot(rows, len(g), png)
+    results = {"model": what, "criterion": args.criterion, "calibration_frames": calibration.n_samples,
+               "calibration_seconds": calibrate_s, "exit_gflops": g.tolist(), "rows": rows,
+               "solver_100k": timings, "png": str(png)}
+    (Path(args.out) / "results.json").write_text(json.dumps(results, indent=2))
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return 0
+    print(f"model: {what}\ncriterion: {args.criterion}; calibration: {calibration.n_samples} frames of "
+          f"{args.calibration_split} in {calibrate_s:.1f} s; held-out: {args.heldout_split} x{args.passes}")
+    print(f"exit GFLOPs: {' '.join(f'{x:.4g}' for x in g)}\n")
+    print(table(rows))
+    print("\nsolver on 100,000 samples x %d exits: " % len(g)
+          + ", ".join(f"{k} {v:.2f}" for k, v in timings.items()))
+    print(f"\nwrote {png} and {Path(args.out) / 'results.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
