@@ -14,6 +14,7 @@ import argparse
 import json
 import platform
 import sys
+import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -41,7 +42,7 @@ class Options:
     targets: list[Target]
     out: Path
     steps: dict[str, int]
-    warmup: int
+    warmup: dict[str, int]
     ros: bool
     quick: bool
     dataset: Path
@@ -100,7 +101,8 @@ def parse_options(argv: list[str] | None) -> tuple[Options, bool]:
     if args.warmup is not None and args.warmup < 0:
         parser.error(f"--warmup must be >= 0 (got {args.warmup})")
     steps = {p: args.steps or (QUICK_STEPS if args.quick else DEFAULT_STEPS.get(p, 5)) for p in presets}
-    warmup = args.warmup if args.warmup is not None else (1 if args.quick else 2)
+    warmup = {p: args.warmup if args.warmup is not None else (1 if args.quick or p != "tiny" else 2)
+              for p in presets}
     dataset = Path(args.dataset).expanduser() if args.dataset else calvin_sample()
     return Options(presets, targets, Path(args.out), steps, warmup, not args.skip_ros, args.quick, dataset,
                    args.seed, Path(args.report) if args.report else None, args.threads), args.json
@@ -165,7 +167,7 @@ def bench_target(preset: str, target: Target, opts: Options, frames: list, calib
 
     from deer_ros.bench import gains, timing
 
-    steps, warmup = opts.steps[preset], opts.warmup
+    steps, warmup = opts.steps[preset], opts.warmup[preset]
     tag = f"{preset} {target.label}"
     with _timed(opts, f"{tag}: build"):
         policy = random_policy(preset, target, opts.seed)
@@ -174,14 +176,19 @@ def bench_target(preset: str, target: Target, opts: Options, frames: list, calib
     with _timed(opts, f"{tag}: stage breakdown"):
         breakdown = timing.time_breakdown(policy, frames, steps, warmup)
     with _timed(opts, f"{tag}: latency per budget"):
-        calibration = timing.calibrate(policy, calib_frames)
+        calibration = timing.calibrate(policy, calib_frames if preset == "tiny" else calib_frames[::3])
         budgets = timing.time_budgets(policy, calibration, frames, timing.budget_points(calibration.exit_gflops),
                                       steps, warmup)
     with _timed(opts, f"{tag}: gains"):
         rows = [gains.cameras_batched(policy, frames, steps, warmup),
-                gains.prompt_reused(policy, frames, steps, warmup),
+                gains.prompt_reused(policy, frames, max(steps, 10) if preset == "tiny" else steps, warmup),
                 gains.head_state_kept(policy, max(steps, 20), warmup),
                 gains.early_exit(exits)]
+        if target.device == "cpu" and target.dtype != "int8":
+            rows.append(gains.head_without_onednn(policy, frames, steps, warmup))
+    for row, in_step in zip(exits, breakdown["in_step_ratios"]):
+        row["in_step_time_ratio"] = in_step["time_ratio_p50"]
+        row["in_step_ratio_error"] = in_step["time_ratio_p50"] / row["flops_ratio"] - 1.0
     memory_mb = policy.memory_mb()
     del policy
     gc.collect()
@@ -217,15 +224,16 @@ def bench_ros(opts: Options, frames: list) -> dict:
     from deer_ros.bench import ros_bench
     from deer_ros.model.checkpoint import save_checkpoint
 
-    logs = opts.out / "ros_logs"
+    logs = Path(tempfile.mkdtemp(prefix="deer_ros_bench_ros_"))  # node logs and the checkpoint stay out of --out
     checkpoint = save_checkpoint(random_policy("tiny", Target("cpu", "fp32"), opts.seed), logs / "tiny_random.pt")
-    out: dict = {"model": "tiny (random weights), CPU fp32"}
+    out: dict = {"model": "tiny (random weights), CPU fp32", "logs": str(logs)}
     with _timed(opts, "ros: node overhead"):
-        out["node_overhead"] = ros_bench.node_overhead(checkpoint, frames, 60 if opts.quick else 300, 30.0, logs)
+        out["node_overhead"] = ros_bench.node_overhead(checkpoint, frames, 40 if opts.quick else 300, 30.0, logs,
+                                                       opts.threads)
     with _timed(opts, "ros: bridge free-running"):
         out["bridge_replay"] = ros_bench.bridge_throughput(200 if opts.quick else 1000, logs)
     with _timed(opts, "ros: bridge lockstep"):
-        out["lockstep"] = ros_bench.lockstep(checkpoint, 60 if opts.quick else 300, logs)
+        out["lockstep"] = ros_bench.lockstep(checkpoint, 40 if opts.quick else 300, logs, opts.threads)
     with _timed(opts, "ros: dataset read rate"):
         from deer_ros.calvin.dataset import CalvinSplit, read_throughput
 

@@ -5,10 +5,15 @@ load from other processes falls on both alike:
   cameras_batched   both cameras in one ViT + perceiver pass (after) vs one pass per camera (before, as the
                     reference's per-camera `_encode_vision` loop); the outputs are checked to be equal
   prompt_reused     the instruction's tokens, ALiBi bias and per-layer costs cached while it stays the same
-                    (after) vs re-tokenised at every step (before, as the reference does); whole step at exit 1
+                    (after) vs re-tokenised at every step (before, as the reference does); measured on the
+                    step's time outside the model's modules, where that work happens
   head_state_kept   the chosen exit's LSTM state is kept from its decode (after) vs the reference's extra head
                     call on the chosen feature to produce it (before): one head call per step
   int8_llm          CPU only: the LLM's Linear layers in dynamic int8 (after) vs fp32 (before), every layer run
+  head_without_onednn  CPU only, found by this benchmark and not applied in the model yet: the one-step LSTM head
+                    with torch's oneDNN path off (after) vs on (before, torch's default)
+  early_exit        DeeR itself, for scale: exit 1 vs the last exit, whole step
+Stage times come from timing.StageTimer (forward hooks), so they are the real step's stages.
 """
 from __future__ import annotations
 
@@ -18,9 +23,9 @@ from typing import Callable, Sequence
 
 import torch
 
-from deer_ros.bench.timing import BenchFrame, frame_stream, summarize, synchronizer
+from deer_ros.bench.timing import BenchFrame, StageTimer, frame_stream, summarize, synchronizer
 from deer_ros.exits.controller import FixedExit
-from deer_ros.model.policy import DeerPolicy
+from deer_ros.model.policy import DeerPolicy, ExitDecider
 
 
 def gain(name: str, what: str, scope: str, before_ms: float, after_ms: float, steps: int) -> dict:
@@ -72,29 +77,80 @@ def cameras_batched(policy: DeerPolicy, frames: Sequence[BenchFrame], steps: int
                          "vision + perceiver", before, after)
 
 
-def prompt_reused(policy: DeerPolicy, frames: Sequence[BenchFrame], steps: int, warmup: int) -> dict:
-    """Whole step at exit 1 with the cached prompt vs with the prompt rebuilt at every step.
+def _stage_times(policy: DeerPolicy, run_step: Callable[[int, ExitDecider], None], decide: ExitDecider,
+                 stage: str, steps: int, warmup: int) -> list[float]:
+    """Time of one stage (StageTimer names, plus 'other') over `steps` calls of run_step(s, decider)."""
+    times = []
+    with StageTimer(policy.model, policy.device) as timer:
+        timed = timer.timed(decide)
+        for s in range(warmup + steps):
+            t0 = time.perf_counter()
+            run_step(s, timed)
+            total = (time.perf_counter() - t0) * 1e3
+            stages, _ = timer.take()
+            if s >= warmup:
+                times.append(total - sum(stages.values()) if stage == "other" else stages[stage])
+    return times
 
-    The "before" steps alternate the instruction between `text` and `text + ' '`: the prompt string is stripped
-    before tokenising, so both give the same tokens and the same work, but the cache (keyed on the raw
-    instruction) misses every time.
+
+def prompt_reused(policy: DeerPolicy, frames: Sequence[BenchFrame], steps: int, warmup: int) -> dict:
+    """The step's time outside the model's modules (prompt preparation, glue), prompt cached vs rebuilt.
+
+    "Before" alternates the instruction between `text` and `text + ' '`: the prompt is stripped before it is
+    tokenised, so both give the same tokens and the same work, but the cache (keyed on the raw instruction)
+    misses at every step. Steps run to exit 1.
     """
     stream = frame_stream(frames)
-    decide = FixedExit(1)
-    frame: list[BenchFrame] = [next(stream)]
+    f = next(stream)
 
-    def rebuilt(s: int) -> None:
-        frame[0] = next(stream)
-        f = frame[0]
+    def rebuilt(s: int, decide: ExitDecider) -> None:
         policy.step(f.static, f.gripper, f.instruction + (" " if s % 2 else ""), decide)
 
-    def cached(s: int) -> None:
-        f = frame[0]  # the same frame and instruction as the step just before: a cache hit
-        policy.step(f.static, f.gripper, f.instruction + (" " if s % 2 else ""), decide)
+    def cached(s: int, decide: ExitDecider) -> None:
+        policy.step(f.static, f.gripper, f.instruction, decide)
 
-    before, after = _interleaved(rebuilt, cached, steps, warmup, synchronizer(policy.device))
+    before: list[float] = []
+    after: list[float] = []
+    first = FixedExit(1)
+    for _ in range(2):  # two blocks of each, alternated, so slow drift in machine load hits both alike
+        before += _stage_times(policy, rebuilt, first, "other", max(1, steps // 2), warmup)
+        after += _stage_times(policy, cached, first, "other", max(1, steps // 2), warmup)
     return measured_gain("prompt_reused", "instruction tokens, ALiBi bias and layer costs reused across steps",
-                         "whole step at exit 1", before, after)
+                         "step outside the model's modules (prompt, glue)", before, after)
+
+
+def head_without_onednn(policy: DeerPolicy, frames: Sequence[BenchFrame], steps: int, warmup: int) -> dict:
+    """CPU, found here and not applied yet: the LSTM head with oneDNN (default) vs with it off.
+
+    torch's oneDNN LSTM re-packs its weights at every call, which for a one-step LSTM costs several times the
+    matrix products themselves. Measured on the head stage of real steps run to the last exit; the actions are
+    checked to be the same.
+    """
+    stream = frame_stream(frames)
+    last = FixedExit(policy.exits[-1].index)
+    actions: dict[str, list] = defaultdict(list)
+
+    def step(label: str, f: BenchFrame, decide: ExitDecider) -> None:
+        policy.reset()  # both variants start from the same state, so their actions must agree
+        actions[label].append(policy.step(f.static, f.gripper, f.instruction, decide).action)
+
+    before: list[float] = []
+    after: list[float] = []
+    for i in range(steps):
+        f = next(stream)
+        w = warmup if i == 0 else 0  # warm both variants up once; these steps are whole last-exit steps
+
+        def without_onednn(s: int, decide: ExitDecider) -> None:
+            with torch.backends.mkldnn.flags(enabled=False):
+                step("after", f, decide)
+
+        before += _stage_times(policy, lambda s, decide: step("before", f, decide), last, "head", 1, w)
+        after += _stage_times(policy, without_onednn, last, "head", 1, w)
+    diff = max(float(abs(a - b).max()) for a, b in zip(actions["before"], actions["after"]))
+    row = measured_gain("head_without_onednn", "LSTM head with oneDNN off (CPU; not applied, see notes)",
+                        "head, all calls of a last-exit step", before, after)
+    row["max_action_difference"] = diff
+    return row
 
 
 def head_state_kept(policy: DeerPolicy, steps: int, warmup: int) -> dict:

@@ -70,10 +70,15 @@ class Listener:
 
 
 class Nodes:
-    """Node processes started for one benchmark; all stopped with SIGINT at the end, their logs kept."""
+    """Node processes started for one benchmark; all stopped with SIGINT at the end, their logs kept.
 
-    def __init__(self, domain_id: int, log_dir: Path) -> None:
+    `threads` > 0 sets OMP_NUM_THREADS for them (torch's intra-op threads), like the bench's own --threads.
+    """
+
+    def __init__(self, domain_id: int, log_dir: Path, threads: int = 0) -> None:
         self.env = ros_env(domain_id)
+        if threads:
+            self.env["OMP_NUM_THREADS"] = str(threads)
         self.log_dir = log_dir
         self.started: list[NodeProcess] = []
 
@@ -88,11 +93,11 @@ class Nodes:
 
 
 @contextmanager
-def ros_session(log_dir: Path) -> Iterator[tuple[Listener, Nodes]]:
+def ros_session(log_dir: Path, threads: int = 0) -> Iterator[tuple[Listener, Nodes]]:
     """A fresh ROS domain with a listener here and a place to start nodes; everything is stopped afterwards."""
     domain = random.SystemRandom().randint(101, 232)
     log_dir.mkdir(parents=True, exist_ok=True)
-    listener, nodes = Listener(domain), Nodes(domain, log_dir)
+    listener, nodes = Listener(domain), Nodes(domain, log_dir, threads)
     try:
         yield listener, nodes
     finally:
@@ -105,7 +110,7 @@ def _tail(proc: NodeProcess) -> str:
 
 
 def node_overhead(checkpoint: Path, frames: Sequence[BenchFrame], pairs: int, rate_hz: float,
-                  log_dir: Path) -> dict:
+                  log_dir: Path, threads: int = 0) -> dict:
     """Feed `pairs` image pairs at `rate_hz` to deer_policy_node; latency and overhead of the answers."""
     from diagnostic_msgs.msg import DiagnosticArray
     from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
@@ -117,7 +122,7 @@ def node_overhead(checkpoint: Path, frames: Sequence[BenchFrame], pairs: int, ra
     from deer_ros.ros.image import rgb_to_image
 
     latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
-    with ros_session(log_dir) as (listener, nodes):
+    with ros_session(log_dir, threads) as (listener, nodes):
         node = listener.node
         sent: dict[int, float] = {}  # stamp -> monotonic time the pair was complete here
         got: dict[int, tuple[float, float, int]] = {}  # stamp -> (e2e ms, latency_ms, layers)
@@ -191,6 +196,8 @@ def bridge_throughput(frames: int, log_dir: Path, rate_hz: float = 10000.0) -> d
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import Image
 
+    from deer_ros.msg import EndEffectorAction
+
     stream = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)  # the bridge's own QoS
     report = log_dir / "bridge_free_running.json"
     with ros_session(log_dir) as (listener, nodes):
@@ -207,6 +214,8 @@ def bridge_throughput(frames: int, log_dir: Path, rate_hz: float = 10000.0) -> d
 
         listener.node.create_subscription(Image, "camera/static/image_raw", on_image("static"), stream)
         listener.node.create_subscription(Image, "camera/gripper/image_raw", on_image("gripper"), stream)
+        # The bridge starts once a policy is there (an `action` publisher); this one stands in for it, silent.
+        listener.node.create_publisher(EndEffectorAction, "action", stream)
         bridge = nodes.start("calvin_bridge_node", {"lockstep": False, "rate_hz": rate_hz, "loop": True,
                                                     "max_frames": frames, "report_path": str(report),
                                                     "exit_when_done": True, "instruction_settle_s": 0.0})
@@ -224,12 +233,12 @@ def bridge_throughput(frames: int, log_dir: Path, rate_hz: float = 10000.0) -> d
             "pairs_per_s": (len(complete) - 1) / seconds, "rate_hz_requested": rate_hz}
 
 
-def lockstep(checkpoint: Path, frames: int, log_dir: Path) -> dict:
+def lockstep(checkpoint: Path, frames: int, log_dir: Path, threads: int = 0) -> dict:
     """calvin_bridge_node in lockstep with deer_policy_node: frames sent, actions, losses, achieved rate."""
     from deer_ros.msg import EndEffectorAction
 
     report = log_dir / "bridge_lockstep.json"
-    with ros_session(log_dir) as (listener, nodes):
+    with ros_session(log_dir, threads) as (listener, nodes):
         actions: dict[int, float] = {}
 
         def on_action(msg: EndEffectorAction) -> None:

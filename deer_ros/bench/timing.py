@@ -150,6 +150,10 @@ def time_breakdown(policy: DeerPolicy, frames: Sequence[BenchFrame], steps: int,
             stages["llm_layers"] = sum(stages[k] for k in layer_keys)
             named = ("preprocess", "vision", "perceiver", "llm_layers", "head", "criterion")
             stages["other"] = stages["total"] - sum(stages.get(k, 0.0) for k in named)
+            layer_ms = [stages.get(f"xattn{i}", 0.0) + stages[f"block{i}"] for i in range(policy.model.n_layers)]
+            cumulative = np.cumsum(layer_ms)
+            for e in policy.exits:
+                stages[f"ratio{e.index}"] = float(cumulative[e.layer] / cumulative[-1])
             per_step.append(stages)
             calls = step_calls
     keys = sorted({k for s in per_step for k in s})
@@ -158,10 +162,14 @@ def time_breakdown(policy: DeerPolicy, frames: Sequence[BenchFrame], steps: int,
     layers = [{"layer": i,
                "xattn_ms": stage_ms[f"xattn{i}"]["p50"] if f"xattn{i}" in stage_ms else 0.0,
                "block_ms": stage_ms[f"block{i}"]["p50"]} for i in range(n_layers)]
+    # Within one step, the layers' time up to exit k over all layers' time: a second, load-robust view of the
+    # realised savings (every ratio comes from one step, so machine load that changes between steps cancels).
+    in_step = [{"index": e.index, "layers": e.layers, "time_ratio_p50": stage_ms[f"ratio{e.index}"]["p50"]}
+               for e in policy.exits]
     return {"exit": policy.exits[-1].index, "layers_run": n_layers, "steps": len(per_step),
             "head_calls_per_step": int(calls["head"]), "criterion_calls_per_step": int(calls["criterion"]),
-            "stages_ms": {k: v for k, v in stage_ms.items() if not k.startswith(("xattn", "block"))},
-            "layers_ms": layers}
+            "stages_ms": {k: v for k, v in stage_ms.items() if not k.startswith(("xattn", "block", "ratio"))},
+            "layers_ms": layers, "in_step_ratios": in_step}
 
 
 def time_exits(policy: DeerPolicy, frames: Sequence[BenchFrame], steps: int, warmup: int,
@@ -178,8 +186,9 @@ def time_exits(policy: DeerPolicy, frames: Sequence[BenchFrame], steps: int, war
     samples: dict[int, dict[str, list[float]]] = {k: defaultdict(list) for k in indices}
     deciders = {k: FixedExit(k) for k in indices}
     for s in range(warmup + steps):
-        for k in indices:
-            f = next(stream)
+        f = next(stream)  # one frame per round: every exit sees the same images and prompt length
+        for j in range(len(indices)):
+            k = indices[(j + s) % len(indices)]  # rotate the order so no exit always runs first in a round
             r = policy.step(f.static, f.gripper, f.instruction, deciders[k])
             if r.exit_index != k:
                 raise RuntimeError(f"FixedExit({k}) stopped at exit {r.exit_index}: the policy ignored its decider")
