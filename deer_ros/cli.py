@@ -5,6 +5,7 @@
   deer-ros train       multi-exit training on CALVIN-format data
   deer-ros bench       benchmarks -> markdown report, PNG plots, JSON
   deer-ros flops       per-exit LLM FLOPs of a model preset
+  deer-ros convert     released weights -> one deer_ros checkpoint
 
 Each sub-command lives in its own module and is imported only when it runs (torch is slow to import).
 """
@@ -19,6 +20,8 @@ COMMANDS = {
     "train": ("deer_ros.train.cli", "train_main", "train a multi-exit model on CALVIN-format data"),
     "bench": ("deer_ros.bench.cli", "bench_main", "run the benchmarks and write a report"),
     "flops": ("deer_ros.model.flops", "flops_main", "print per-exit LLM FLOPs of a model preset"),
+    "convert": ("deer_ros.model.convert", "convert_main",
+                "join released DeeR / OpenFlamingo / MPT / CLIP weights into one checkpoint for the node"),
 }
 
 

@@ -36,7 +36,7 @@ from deer_ros.calvin.sim import CalvinEnvMissing
 from deer_ros.msg import EndEffectorAction
 from deer_ros.paths import calvin_sample
 from deer_ros.ros.image import rgb_to_image
-from deer_ros.ros.params import ParamSpec, check_changes, declare, values
+from deer_ros.ros.params import ParameterError, ParamSpec, check_changes, declare, values
 
 NODE_NAME = "calvin_bridge"
 MAX_UNANSWERED = 1000  # free-running: frames kept waiting for a late action
@@ -343,7 +343,7 @@ def main(args: list[str] | None = None) -> int:
         while rclpy.ok() and not (exit_when_done and node.done.is_set()):
             rclpy.spin_once(node, timeout_sec=0.1)
         code = 1 if node.failed else 0
-    except (CalvinDatasetError, CalvinEnvMissing, ProtocolError, FileNotFoundError) as exc:
+    except (CalvinDatasetError, CalvinEnvMissing, ProtocolError, FileNotFoundError, ParameterError) as exc:
         rclpy.logging.get_logger(NODE_NAME).fatal(str(exc))
         code = 2
     except (KeyboardInterrupt, ExternalShutdownException):

@@ -38,17 +38,30 @@ class ParamSpec:
 
     def descriptor(self) -> ParameterDescriptor:
         text = self.description + (f" One of: {', '.join(self.choices)}." if self.choices else "")
-        d = ParameterDescriptor(name=self.name, type=_TYPES[self.kind], description=text, read_only=self.read_only)
+        # dynamic_typing: the type is checked by `check` (via check_changes), whose refusal says what is expected
+        # in words (rclpy's own check answers "Wrong parameter type, expected '3' got '4'"), and an integer is
+        # accepted for a double, as `ros2 param set NODE flops_budget 2` sends one.
+        d = ParameterDescriptor(name=self.name, type=_TYPES[self.kind], description=text, read_only=self.read_only,
+                                dynamic_typing=True)
         if self.kind is float and self.low is not None:
             d.floating_point_range = [FloatingPointRange(from_value=float(self.low), to_value=float(self.high))]
         if self.kind is int and self.low is not None:
             d.integer_range = [IntegerRange(from_value=int(self.low), to_value=int(self.high), step=1)]
         return d
 
+    def coerce(self, value: Any) -> Any:
+        """ROS parses `-p x:=2` as an integer: take it for a double, and a number for a string ('0,2' lists)."""
+        if isinstance(value, bool):
+            return value
+        if self.kind is float and isinstance(value, int):
+            return float(value)
+        if self.kind is str and isinstance(value, (int, float)):
+            return str(value)
+        return value
+
     def check(self, value: Any) -> str | None:
         """Why `value` is refused for this parameter, or None when it is acceptable."""
-        if self.kind is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
+        value = self.coerce(value)
         if self.kind is list:
             if not isinstance(value, (list, tuple)) or not all(isinstance(v, (int, float)) for v in value):
                 return f"{self.name} must be a list of numbers"
@@ -65,18 +78,28 @@ class ParamSpec:
         return None
 
 
+class ParameterError(ValueError):
+    """A parameter value given at start-up (params file, -p) is refused."""
+
+
 def declare(node: Node, specs: Iterable[ParamSpec]) -> None:
-    """Declare every spec on `node` (values from params files and -p overrides apply here)."""
+    """Declare every spec on `node`; values from params files and -p overrides apply here and are checked
+    like later changes (ParameterError with the reason when one is refused)."""
     for spec in specs:
         if spec.kind is not list:
             node.declare_parameter(spec.name, spec.default, spec.descriptor())
             continue
         # An empty Python list would be typed as a byte array: declare the double[] type, then give the default
         # unless a params file or -p already set a value.
-        node.declare_parameter(spec.name, Parameter.Type.DOUBLE_ARRAY, spec.descriptor())
+        node.declare_parameter(spec.name, None, spec.descriptor())
         if node.get_parameter_or(spec.name).type_ == Parameter.Type.NOT_SET:
             node.set_parameters([Parameter(spec.name, Parameter.Type.DOUBLE_ARRAY,
                                            [float(v) for v in spec.default])])
+    for spec in specs:
+        value = node.get_parameter(spec.name).value
+        reason = spec.check(list(value) if spec.kind is list else value)
+        if reason:
+            raise ParameterError(f"parameter {reason}")
 
 
 def values(node: Node, specs: Sequence[ParamSpec]) -> dict[str, Any]:
@@ -84,7 +107,7 @@ def values(node: Node, specs: Sequence[ParamSpec]) -> dict[str, Any]:
     out = {}
     for spec in specs:
         value = node.get_parameter(spec.name).value
-        out[spec.name] = [float(v) for v in value] if spec.kind is list else value
+        out[spec.name] = [float(v) for v in value] if spec.kind is list else spec.coerce(value)
     return out
 
 

@@ -20,6 +20,7 @@ from rcl_interfaces.msg import SetParametersResult
 from rclpy.executors import ExternalShutdownException
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from rclpy.clock import Clock, ClockType
 from rclpy.time import Time
 from sensor_msgs.msg import Image
 from std_msgs.msg import String
@@ -31,7 +32,7 @@ from deer_ros.msg import EndEffectorAction
 from deer_ros.paths import demo_calibration
 from deer_ros.ros.image import ImageConverter, ImageError
 from deer_ros.ros.pairing import GRIPPER, STATIC, Pair, StampPairer
-from deer_ros.ros.params import ParamSpec, check_changes, declare, values
+from deer_ros.ros.params import ParameterError, ParamSpec, check_changes, declare, values
 
 NODE_NAME = "deer_policy"
 BUDGET_PARAMETERS = ("flops_budget", "max_exit", "exit_ratio", "thresholds", "criterion", "budget_tracking")
@@ -92,7 +93,9 @@ class DeerPolicyNode(LifecycleNode):
         self._io: list = []
         self._action_pub = None
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        self._diag_timer = self.create_timer(self._param("diagnostics_period_s"), self._publish_diagnostics)
+        # Diagnostics on the steady clock: they must keep coming when sim time stops (a paused simulator).
+        self._diag_timer = self.create_timer(self._param("diagnostics_period_s"), self._publish_diagnostics,
+                                             clock=Clock(clock_type=ClockType.STEADY_TIME))
         self._last_error = ""
 
     # ---------------------------------------------------------------- lifecycle
@@ -101,9 +104,10 @@ class DeerPolicyNode(LifecycleNode):
 
         p = values(self, POLICY_PARAMETERS)
         try:
+            # max_exit is a run-time cap (it can be raised again), so every exit that fits memory_budget_mb is
+            # built; only memory_budget_mb leaves layers out.
             policy = load_policy(checkpoint=p["checkpoint"] or None, preset=p["model"], device=p["device"],
-                                 dtype=p["dtype"], max_exit=p["max_exit"] or None,
-                                 memory_budget_mb=p["memory_budget_mb"] or None)
+                                 dtype=p["dtype"], memory_budget_mb=p["memory_budget_mb"] or None)
             budget = ExitBudget.create(policy.exits, self._load_calibration(p),
                                        {k: p[k] for k in BUDGET_PARAMETERS})
         except Exception as exc:  # noqa: BLE001 - any failure must reach the log, not vanish in the lifecycle
@@ -371,6 +375,9 @@ def main(args: list[str] | None = None) -> int:
             code = 1
         else:
             rclpy.spin(node)
+    except ParameterError as exc:
+        rclpy.logging.get_logger(NODE_NAME).fatal(str(exc))
+        code = 2
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:

@@ -29,7 +29,8 @@ def test_lockstep_every_frame_gets_exactly_one_action(launch_node, probe, tmp_pa
     bridge = launch_node("calvin_bridge_node", params={
         "lockstep": True, "max_frames": 40, "segments": "0,1", "report_path": str(report),
         "exit_when_done": True})
-    assert bridge.wait(timeout=240) == 0, bridge.output()[-3000:]
+    probe.spin_until(lambda: not bridge.running, 240, "the bridge to finish")  # spinning: the probe hears all
+    assert bridge.wait(timeout=5) == 0, bridge.output()[-3000:]
     probe.spin_for(0.5)
     summary = json.loads(report.read_text())
     assert summary["bridge"]["frames_sent"] == 40
