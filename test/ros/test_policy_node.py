@@ -196,3 +196,45 @@ def test_signals_give_a_clean_exit(policy, sig):
     policy.act(1.0)
     assert policy.proc.stop(sig) == 0
     assert "Traceback" not in policy.proc.output()
+
+
+def test_lifecycle_transitions_gate_the_actions(launch_node, probe):
+    from lifecycle_msgs.msg import Transition
+    from lifecycle_msgs.srv import ChangeState, GetState
+
+    launch_node("deer_policy_node", params={"use_sim_time": True, "autostart": False,
+                                            "diagnostics_period_s": 0.2})
+    node = probe.node
+    change = node.create_client(ChangeState, "/deer_policy/change_state")
+    get = node.create_client(GetState, "/deer_policy/get_state")
+    probe.spin_until(change.service_is_ready, 60, "the lifecycle services")
+
+    def transition(tid: int) -> None:
+        future = change.call_async(ChangeState.Request(transition=Transition(id=tid)))
+        probe.spin_until(future.done, 60, f"transition {tid}")
+        assert future.result().success, f"transition {tid} failed"
+
+    def state() -> str:
+        future = get.call_async(GetState.Request())
+        probe.spin_until(future.done, 20, "get_state")
+        return future.result().current_state.label
+
+    assert state() == "unconfigured"
+    transition(Transition.TRANSITION_CONFIGURE)  # loads the model
+    assert state() == "inactive"
+    driver = PolicyDriver(probe)
+    driver.instruction.publish(String(data="open the drawer"))
+    driver.tick(1.0)
+    probe.spin_for(1.0)
+    assert driver.actions == [], "an inactive node published an action"
+    transition(Transition.TRANSITION_ACTIVATE)
+    driver.act(2.0)
+    transition(Transition.TRANSITION_DEACTIVATE)
+    n = len(driver.actions)
+    driver.tick(3.0)
+    probe.spin_for(1.0)
+    assert len(driver.actions) == n
+    transition(Transition.TRANSITION_CLEANUP)  # frees the model
+    assert state() == "unconfigured"
+    probe.spin_until(lambda: node.count_subscribers("camera/static/image_raw") == 0, 20,
+                     "the camera subscriptions to be released by cleanup")
