@@ -22,7 +22,6 @@ from pathlib import Path
 import numpy as np
 import rclpy
 from builtin_interfaces.msg import Time as TimeMsg
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from rosgraph_msgs.msg import Clock
@@ -36,7 +35,8 @@ from deer_ros.calvin.sim import CalvinEnvMissing
 from deer_ros.msg import EndEffectorAction
 from deer_ros.paths import calvin_sample
 from deer_ros.ros.image import rgb_to_image
-from deer_ros.ros.params import ParameterError, ParamSpec, check_changes, declare, values
+from deer_ros.ros.node_main import run_node
+from deer_ros.ros.params import ParamSpec, check_changes, declare, values
 
 NODE_NAME = "calvin_bridge"
 MAX_UNANSWERED = 1000  # free-running: frames kept waiting for a late action
@@ -332,27 +332,17 @@ def _result(reason: str | None):
     return SetParametersResult(successful=reason is None, reason=reason or "")
 
 
+def _run(node: CalvinBridgeNode) -> int:
+    node.start()
+    exit_when_done = node.get_parameter("exit_when_done").value
+    while rclpy.ok() and not (exit_when_done and node.done.is_set()):
+        rclpy.spin_once(node, timeout_sec=0.1)
+    return 1 if node.failed else 0
+
+
 def main(args: list[str] | None = None) -> int:
-    rclpy.init(args=args)
-    node = None
-    code = 0
-    try:
-        node = CalvinBridgeNode()
-        node.start()
-        exit_when_done = node.get_parameter("exit_when_done").value
-        while rclpy.ok() and not (exit_when_done and node.done.is_set()):
-            rclpy.spin_once(node, timeout_sec=0.1)
-        code = 1 if node.failed else 0
-    except (CalvinDatasetError, CalvinEnvMissing, ProtocolError, FileNotFoundError, ParameterError) as exc:
-        rclpy.logging.get_logger(NODE_NAME).fatal(str(exc))
-        code = 2
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            node.close()
-        rclpy.try_shutdown()
-    return code
+    return run_node(NODE_NAME, CalvinBridgeNode, _run, args,
+                    fatal=(CalvinDatasetError, CalvinEnvMissing, ProtocolError, FileNotFoundError))
 
 
 if __name__ == "__main__":

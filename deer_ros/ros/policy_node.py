@@ -17,7 +17,6 @@ import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import SetParametersResult
-from rclpy.executors import ExternalShutdownException
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from rclpy.clock import Clock, ClockType
@@ -32,7 +31,8 @@ from deer_ros.msg import EndEffectorAction
 from deer_ros.paths import demo_calibration
 from deer_ros.ros.image import ImageConverter, ImageError
 from deer_ros.ros.pairing import GRIPPER, STATIC, Pair, StampPairer
-from deer_ros.ros.params import ParameterError, ParamSpec, check_changes, declare, values
+from deer_ros.ros.node_main import run_node
+from deer_ros.ros.params import ParamSpec, check_changes, declare, values
 
 NODE_NAME = "deer_policy"
 BUDGET_PARAMETERS = ("flops_budget", "max_exit", "exit_ratio", "thresholds", "criterion", "budget_tracking")
@@ -364,27 +364,16 @@ class DeerPolicyNode(LifecycleNode):
         self.destroy_node()
 
 
+def _run(node: DeerPolicyNode) -> int:
+    if not node.start():
+        node.get_logger().fatal("could not load the model; see the error above")
+        return 1
+    rclpy.spin(node)
+    return 0
+
+
 def main(args: list[str] | None = None) -> int:
-    rclpy.init(args=args)
-    node = None
-    code = 0
-    try:
-        node = DeerPolicyNode()
-        if not node.start():
-            node.get_logger().fatal("could not load the model; see the error above")
-            code = 1
-        else:
-            rclpy.spin(node)
-    except ParameterError as exc:
-        rclpy.logging.get_logger(NODE_NAME).fatal(str(exc))
-        code = 2
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            node.close()
-        rclpy.try_shutdown()
-    return code
+    return run_node(NODE_NAME, DeerPolicyNode, _run, args)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,36 @@
+"""The `main()` of every node executable: init, run, and a clean exit on Ctrl-C, SIGTERM or a known error."""
+from __future__ import annotations
+
+from typing import Callable, TypeVar
+
+import rclpy
+from rclpy.executors import ExternalShutdownException
+
+from deer_ros.ros.params import ParameterError
+
+N = TypeVar("N")
+
+
+def run_node(name: str, make: Callable[[], N], run: Callable[[N], int], args: list[str] | None = None,
+             fatal: tuple[type[Exception], ...] = ()) -> int:
+    """Create a node with `make`, return what `run(node)` returns.
+
+    A ParameterError or one of `fatal` (bad dataset, missing dependency...) is logged as one FATAL line and
+    gives exit code 2, without a traceback; SIGINT/SIGTERM (rclpy shuts the context down) give 0.
+    """
+    rclpy.init(args=args)
+    node = None
+    code = 0
+    try:
+        node = make()
+        code = run(node)
+    except (ParameterError, *fatal) as exc:
+        rclpy.logging.get_logger(name).fatal(str(exc))
+        code = 2
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node.close()
+        rclpy.try_shutdown()
+    return code
