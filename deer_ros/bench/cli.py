@@ -49,6 +49,7 @@ class Options:
     seed: int
     report: Path | None = None
     threads: int = 0
+    command: str = ""
     timings_s: dict[str, float] = field(default_factory=dict)
 
 
@@ -60,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="bench_out", help="output folder (default bench_out/)")
     p.add_argument("--report", default="", help="where to write the markdown report (default OUT/benchmarks.md)")
     p.add_argument("--json", action="store_true", help="also print the results as JSON")
+    p.add_argument("--render", default="", metavar="BENCH_JSON",
+                   help="measure nothing: re-write the report and plots from a bench.json of an earlier run")
     p.add_argument("--steps", type=int, default=None,
                    help=f"timed steps per measurement (default {DEFAULT_STEPS}; --quick {QUICK_STEPS})")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps before each measurement (default 2, "
@@ -75,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def parse_options(argv: list[str] | None) -> tuple[Options, bool]:
+def parse_options(argv: list[str] | None) -> tuple[Options, bool, str]:
     parser = build_parser()
     args = parser.parse_args(argv)
     from deer_ros.model.config import PRESETS
@@ -105,7 +108,8 @@ def parse_options(argv: list[str] | None) -> tuple[Options, bool]:
               for p in presets}
     dataset = Path(args.dataset).expanduser() if args.dataset else calvin_sample()
     return Options(presets, targets, Path(args.out), steps, warmup, not args.skip_ros, args.quick, dataset,
-                   args.seed, Path(args.report) if args.report else None, args.threads), args.json
+                   args.seed, Path(args.report) if args.report else None, args.threads,
+                   " ".join(["deer-ros bench", *(argv if argv is not None else sys.argv[1:])])), args.json, args.render
 
 
 # ---------------------------------------------------------------------------------------------- inputs
@@ -244,7 +248,7 @@ def bench_ros(opts: Options, frames: list) -> dict:
 def host_info(opts: Options) -> dict:
     import torch
 
-    return {"python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+    return {"command": opts.command, "python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads(),
             "cpu": platform.processor() or platform.machine(), "cores": _cores(),
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
             "date": time.strftime("%Y-%m-%d %H:%M:%S %z"), "quick": opts.quick, "seed": opts.seed,
@@ -307,14 +311,17 @@ def _run(opts: Options) -> dict:
 def bench_main(argv: list[str] | None = None) -> int:
     from deer_ros.bench.report import write_report
 
-    opts, print_json = parse_options(argv)
+    opts, print_json, render = parse_options(argv)
     t0 = time.perf_counter()
     try:
-        results = run(opts)
-    except (RuntimeError, ValueError, FileNotFoundError, TimeoutError) as exc:
+        if render:
+            results = json.loads(Path(render).read_text())
+        else:
+            results = run(opts)
+            results["run_times_s"]["total"] = round(time.perf_counter() - t0, 1)
+    except (RuntimeError, ValueError, FileNotFoundError, TimeoutError, json.JSONDecodeError) as exc:
         print(f"deer-ros bench: {exc}", file=sys.stderr)
         return 1
-    results["run_times_s"]["total"] = round(time.perf_counter() - t0, 1)
     paths = write_report(results, opts.out, opts.report)
     if print_json:
         print(json.dumps(results, indent=2))

@@ -18,6 +18,7 @@ Stage times come from timing.StageTimer (forward hooks), so they are the real st
 from __future__ import annotations
 
 import time
+import warnings
 from collections import defaultdict
 from typing import Callable, Sequence
 
@@ -141,8 +142,11 @@ def head_without_onednn(policy: DeerPolicy, frames: Sequence[BenchFrame], steps:
         w = warmup if i == 0 else 0  # warm both variants up once; these steps are whole last-exit steps
 
         def without_onednn(s: int, decide: ExitDecider) -> None:
-            with torch.backends.mkldnn.flags(enabled=False):
-                step("after", f, decide)
+            with warnings.catch_warnings():
+                # torch warns that oneDNN TF32 is for Intel GPUs when the flags are set: irrelevant here
+                warnings.filterwarnings("ignore", message=".*TF32 acceleration on top of oneDNN.*")
+                with torch.backends.mkldnn.flags(enabled=False):
+                    step("after", f, decide)
 
         before += _stage_times(policy, lambda s, decide: step("before", f, decide), last, "head", 1, w)
         after += _stage_times(policy, without_onednn, last, "head", 1, w)

@@ -169,6 +169,20 @@ def _plt():
     return plt
 
 
+def _label(ax, xlabel: str, ylabel: str, title: str, legend_loc: str = "best") -> None:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(loc=legend_loc)
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    _plt().close(fig)
+    return path
+
+
 def plot_breakdown(run: dict, path: Path) -> Path:
     plt = _plt()
     st, layers = run["breakdown"]["stages_ms"], run["breakdown"]["layers_ms"]
@@ -182,14 +196,9 @@ def plot_breakdown(run: dict, path: Path) -> Path:
     ax2.bar(idx, [layer["xattn_ms"] for layer in layers], label="gated cross-attention", color="tab:orange")
     ax2.bar(idx, [layer["block_ms"] for layer in layers], bottom=[layer["xattn_ms"] for layer in layers],
             label="MPT block", color="tab:green")
-    ax2.set_xlabel("LLM layer")
-    ax2.set_ylabel("ms (p50)")
-    ax2.set_title("per LLM layer")
-    ax2.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    ax2.set_ylim(top=1.3 * max(layer["xattn_ms"] + layer["block_ms"] for layer in layers))  # room for the legend
+    _label(ax2, "LLM layer", "ms (p50)", "per LLM layer", "upper center")
+    return _save(fig, path)
 
 
 def plot_exits(run: dict, path: Path) -> Path:
@@ -202,10 +211,7 @@ def plot_exits(run: dict, path: Path) -> Path:
         p95 = [e[f"{key}_ms_p95"] for e in ex]
         ax1.errorbar(idx, p50, yerr=[[0] * len(p50), [b - a for a, b in zip(p50, p95)]], marker="o", capsize=3,
                      label=f"{label} p50 (bar to p95)", color=color)
-    ax1.set_xlabel("exit")
-    ax1.set_ylabel("ms")
-    ax1.set_title(f"{_run_label(run)}: latency per exit")
-    ax1.legend()
+    _label(ax1, "exit", "ms", f"{_run_label(run)}: latency per exit")
     fr = [e["flops_ratio"] for e in ex]
     ax2.plot([0, 1], [0, 1], color="gray", lw=1, label="time ratio = FLOPs ratio")
     ax2.fill_between([0, 1], [0, 1 - TARGET_RATIO_ERROR], [0, 1 + TARGET_RATIO_ERROR], color="gray", alpha=0.2,
@@ -214,14 +220,9 @@ def plot_exits(run: dict, path: Path) -> Path:
     for e in ex:
         ax2.annotate(str(e["index"]), (e["flops_ratio"], e["time_ratio"]), textcoords="offset points",
                      xytext=(4, -10))
-    ax2.set_xlabel("FLOPs at exit k / FLOPs at the last exit")
-    ax2.set_ylabel("LLM time at exit k / at the last exit")
-    ax2.set_title("realised savings")
-    ax2.legend(loc="upper left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    _label(ax2, "FLOPs at exit k / FLOPs at the last exit", "LLM time at exit k / at the last exit",
+           "realised savings", "upper left")
+    return _save(fig, path)
 
 
 def plot_memory(preset: str, rows: list[dict], path: Path) -> Path:
@@ -231,14 +232,9 @@ def plot_memory(preset: str, rows: list[dict], path: Path) -> Path:
         same = sorted((r for r in rows if r["dtype"] == dtype), key=lambda r: r["max_exit"])
         if same:
             ax.plot([r["max_exit"] for r in same], [r["llm_mb"] for r in same], "o-", label=dtype)
-    ax.set_xlabel("max_exit (LLM layers built up to this exit)")
-    ax.set_ylabel("LLM weight memory (MiB)")
-    ax.set_title(f"{preset}: LLM weights per max_exit")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    _label(ax, "max_exit (LLM layers built up to this exit)", "LLM weight memory (MiB)",
+           f"{preset}: LLM weights per max_exit")
+    return _save(fig, path)
 
 
 # ---------------------------------------------------------------------------------------------- markdown
@@ -330,7 +326,8 @@ def ros_section(ros: dict) -> list[str]:
          _f(o["in_node_overhead_ms_p50"], 2), _f(o["in_node_overhead_ms_p99"], 2)],
         ["outside the node's window: DDS both ways, image conversion, dispatch (e2e - latency_ms)",
          _f(o["outside_node_ms"]["p50"], 2), _f(o["outside_node_ms_p99"], 2)],
-        ["**overhead, obs in -> action out minus model time** (sum of the parts' percentiles)",
+        ["**overhead, obs in -> action out minus model time** (sum of the parts' percentiles: exact for a sum of "
+         "p50s only approximately, and an upper estimate at p99)",
          _f(o["overhead_ms_p50"], 2), _f(o["overhead_ms_p99"], 2)],
         ["for reference: e2e (second image published -> action received here)", _f(o["e2e_ms"]["p50"], 2),
          _f(o["e2e_ms_p99"], 2)],
@@ -375,6 +372,14 @@ def notes(results: dict) -> list[str]:
                        f"for the {run['breakdown']['head_calls_per_step']} head calls of a last-exit step; actions "
                        f"differ by at most {h['max_action_difference']:.1e}). Not applied in deer_ros/model: wrapping "
                        "the head's LSTM call in `torch.backends.mkldnn.flags(enabled=False)` on the CPU would do it.")
+    if any(r["preset"] == "tiny" for r in results["runs"]):
+        out.append("- tiny: its layers take fractions of a millisecond, so its per-exit LLM times are dominated by "
+                   "per-call Python overhead and scheduling noise; the time-vs-FLOPs target is for the 3B "
+                   "architecture (the within-step ratios of tiny are still close to its FLOPs ratios).")
+    if results.get("ros"):
+        out.append("- Node overhead per action is only known as the sum of two parts, because the node publishes "
+                   "the model's time per action only as percentiles in /diagnostics; p99s are loaded by whatever "
+                   "else runs on the machine (see the load average above).")
     threads = results["host"]["threads"]
     out.append(f"- Timed with {threads} torch thread(s). Small models (tiny, and the node in the ROS runs, which get "
                "the same count through OMP_NUM_THREADS) suffer badly from OpenMP threads spinning on a busy "
@@ -386,7 +391,7 @@ def markdown(results: dict, images: dict[str, Path], report_path: Path) -> str:
     h = results["host"]
     load = lambda v: "n/a" if not v else ", ".join(f"{x:.2f}" for x in v)  # noqa: E731
     out = ["# deer_ros benchmarks", "",
-           f"Generated by `deer-ros bench` on {h['date']}. Host: {h['cores']} CPU cores ({h['cpu']}), "
+           f"Generated by `{h.get('command') or 'deer-ros bench'}` on {h['date']}. Host: {h['cores']} CPU cores ({h['cpu']}), "
            f"torch {h['torch']} with {h['threads']} threads, Python {h['python']}, "
            f"GPU: {h['cuda'] or 'none'}. Load average at start / end: {load(h.get('load_average_start'))} / "
            f"{load(h.get('load_average_end'))} (other jobs shared this machine, so read p95s with care).", "",

@@ -85,6 +85,13 @@ def test_markdown_links_existing_pngs_and_states_the_targets(quick_run):
     assert "not measured: no GPU" in text or "cuda" in text
 
 
+def test_render_rewrites_the_same_report_from_the_json(quick_run, tmp_path):
+    out, _ = quick_run
+    assert bench_main(["--render", str(out / "bench.json"), "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "benchmarks.md").read_text() == (out / "benchmarks.md").read_text()
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == sorted(p.name for p in out.glob("*.png"))
+
+
 def test_targets_say_not_met_when_a_lockstep_frame_is_lost():
     ros = {"node_overhead": {"overhead_ms_p50": 1.0, "overhead_ms_p99": 4.0},
            "bridge_replay": {"pairs_per_s": 350.0, "pairs_lost": 0, "frames_sent": 100},
