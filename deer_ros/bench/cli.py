@@ -19,7 +19,10 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
+
+if TYPE_CHECKING:
+    from deer_ros.bench.timing import BenchFrame
 
 DEFAULT_STEPS = {"tiny": 40, "of3b": 5, "of9b": 3}
 QUICK_STEPS = 4
@@ -28,6 +31,7 @@ DTYPES = ("fp32", "fp16", "bf16", "int8")
 
 @dataclass(frozen=True)
 class Target:
+    """Where and in what precision a model is timed."""
     device: str
     dtype: str
 
@@ -38,6 +42,7 @@ class Target:
 
 @dataclass
 class Options:
+    """The parsed command line."""
     presets: list[str]
     targets: list[Target]
     out: Path
@@ -55,7 +60,8 @@ class Options:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="deer-ros bench", description=__doc__.split("\n\n")[0],
-                                epilog=__doc__.split("\n\n", 2)[2], formatter_class=argparse.RawDescriptionHelpFormatter)
+                                epilog=__doc__.split("\n\n", 2)[2],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="tiny,of3b", help="comma-separated model presets (default tiny,of3b)")
     p.add_argument("--quick", action="store_true", help="tiny only, a few steps: a smoke run (< 1 min)")
     p.add_argument("--out", default="bench_out", help="output folder (default bench_out/)")
@@ -64,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--render", default="", metavar="BENCH_JSON",
                    help="measure nothing: re-write the report and plots from a bench.json of an earlier run")
     p.add_argument("--steps", type=int, default=None,
-                   help=f"timed steps per measurement (default {DEFAULT_STEPS}; --quick {QUICK_STEPS})")
+                   help="timed steps per measurement (default: "
+                        + ", ".join(f"{k} {v}" for k, v in DEFAULT_STEPS.items()) + f"; --quick {QUICK_STEPS})")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps before each measurement (default 2, "
                    "1 with --quick or for real-size presets)")
     p.add_argument("--skip-ros", action="store_true", help="skip the node overhead / bridge benchmarks")
@@ -113,7 +120,7 @@ def parse_options(argv: list[str] | None) -> tuple[Options, bool, str]:
 
 
 # ---------------------------------------------------------------------------------------------- inputs
-def load_frames(split_dir: Path, n: int) -> list:
+def load_frames(split_dir: Path, n: int) -> list[BenchFrame]:
     """`n` frames spread evenly over all annotated segments of a CALVIN split, with their instructions."""
     from deer_ros.bench.timing import BenchFrame
     from deer_ros.calvin.dataset import CalvinSplit
@@ -131,7 +138,7 @@ def load_frames(split_dir: Path, n: int) -> list:
     return out
 
 
-def random_policy(preset: str, target: Target, seed: int, max_exit: int | None = None):
+def random_policy(preset: str, target: Target, seed: int):
     """A DeerPolicy of `preset` with random weights on the target device/dtype.
 
     Real-size presets name no bundled tokenizer (they need a local GPT-NeoX one); the bundled CALVIN-vocabulary
@@ -147,7 +154,7 @@ def random_policy(preset: str, target: Target, seed: int, max_exit: int | None =
     torch.manual_seed(seed)
     config = DeerConfig.preset(preset)
     tokenizer = load_tokenizer(config.tokenizer or BUNDLED_TOKENIZER)
-    return DeerPolicy(build_model(config, max_exit), tokenizer, device=target.device, dtype=target.dtype)
+    return DeerPolicy(build_model(config), tokenizer, device=target.device, dtype=target.dtype)
 
 
 # ---------------------------------------------------------------------------------------------- runs
@@ -165,7 +172,8 @@ def _timed(opts: Options, name: str) -> Iterator[None]:
     _log(f"{name}: {opts.timings_s[name]:.1f} s")
 
 
-def bench_target(preset: str, target: Target, opts: Options, frames: list, calib_frames: list) -> dict:
+def bench_target(preset: str, target: Target, opts: Options, frames: list[BenchFrame],
+                 calib_frames: list[BenchFrame]) -> dict:
     """Per-exit latency, stage breakdown, per-budget latency and the before/after gains of one preset/target."""
     import gc
 
@@ -180,6 +188,7 @@ def bench_target(preset: str, target: Target, opts: Options, frames: list, calib
     with _timed(opts, f"{tag}: stage breakdown"):
         breakdown = timing.time_breakdown(policy, frames, steps, warmup)
     with _timed(opts, f"{tag}: latency per budget"):
+        # every calibration frame is a step to the last exit: real-size presets calibrate on a third of them
         calibration = timing.calibrate(policy, calib_frames if preset == "tiny" else calib_frames[::3])
         budgets = timing.time_budgets(policy, calibration, frames, timing.budget_points(calibration.exit_gflops),
                                       steps, warmup)
@@ -212,7 +221,8 @@ def bench_target(preset: str, target: Target, opts: Options, frames: list, calib
             "weights_mb": memory_mb, "prompt_tokens": _prompt_tokens(frames, preset)}
 
 
-def _prompt_tokens(frames: list, preset: str) -> dict:
+def _prompt_tokens(frames: list[BenchFrame], preset: str) -> dict:
+    """Prompt lengths of the benchmark frames' instructions, as the policy tokenises them."""
     from deer_ros.model.config import BUNDLED_TOKENIZER, DeerConfig
     from deer_ros.model.tokenizer import PromptEncoder, load_tokenizer
 
@@ -223,7 +233,7 @@ def _prompt_tokens(frames: list, preset: str) -> dict:
             "typical_config": config.typical_prompt_tokens}
 
 
-def bench_ros(opts: Options, frames: list) -> dict:
+def bench_ros(opts: Options, frames: list[BenchFrame]) -> dict:
     """Node overhead, bridge free-running throughput and lockstep, with a random tiny checkpoint."""
     from deer_ros.bench import ros_bench
     from deer_ros.model.checkpoint import save_checkpoint
@@ -248,7 +258,8 @@ def bench_ros(opts: Options, frames: list) -> dict:
 def host_info(opts: Options) -> dict:
     import torch
 
-    return {"command": opts.command, "python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+    return {"command": opts.command, "python": platform.python_version(), "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
             "cpu": platform.processor() or platform.machine(), "cores": _cores(),
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
             "date": time.strftime("%Y-%m-%d %H:%M:%S %z"), "quick": opts.quick, "seed": opts.seed,

@@ -69,9 +69,9 @@ def cameras_batched(policy: DeerPolicy, frames: Sequence[BenchFrame], steps: int
         return model.encode_vision(images[s % len(images)])  # (1, 1, C*n, dv)
 
     with torch.inference_mode():
-        a, b = per_camera(0), batched(0)
-        tol = 1e-3 if model.compute_dtype == torch.float32 else 5e-2
-        if a.shape != b.shape or not torch.allclose(a.float(), b.float(), atol=tol, rtol=tol):
+        a, b = per_camera(0).float(), batched(0).float()
+        tol = 1e-4 if model.compute_dtype == torch.float32 else 2e-2  # relative; half types round differently
+        if a.shape != b.shape or float((a - b).norm() / b.norm().clamp_min(1e-12)) > tol:
             raise RuntimeError("batched and per-camera vision passes disagree: the comparison would be invalid")
         before, after = _interleaved(per_camera, batched, steps, warmup, synchronizer(policy.device))
     return measured_gain("cameras_batched", "both cameras in one vision pass (ViT + perceiver)",

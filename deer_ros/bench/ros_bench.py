@@ -114,7 +114,6 @@ def node_overhead(checkpoint: Path, frames: Sequence[BenchFrame], pairs: int, ra
     """Feed `pairs` image pairs at `rate_hz` to deer_policy_node; latency and overhead of the answers."""
     from diagnostic_msgs.msg import DiagnosticArray
     from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
-    from rclpy.time import Time
     from sensor_msgs.msg import Image
     from std_msgs.msg import String
 
