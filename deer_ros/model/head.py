@@ -98,7 +98,10 @@ class ActionHead(nn.Module):
 
     def forward(self, features: torch.Tensor, state: LSTMState | None = None) -> HeadOutput:
         """features (B, T, d) -> HeadOutput over all T steps, starting from `state` (None = zeros)."""
-        out, new_state = self.rnn(features, state)  # (B, T, hidden)
+        # On the CPU torch's oneDNN LSTM is far slower for the small batches of control (docs/benchmarks.md
+        # section 6: 9x for the of3b head's one-step calls, actions equal to 4e-7); the native kernel is used.
+        with torch.backends.mkldnn.flags(enabled=features.device.type != "cpu"):
+            out, new_state = self.rnn(features, state)  # (B, T, hidden)
         return HeadOutput(torch.tanh(self.actions(out)), self.gripper(out), new_state)
 
     def step(self, feature: torch.Tensor, state: LSTMState | None) -> HeadOutput:
