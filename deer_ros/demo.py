@@ -26,6 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--flops-budget", type=float, default=0.0, help="average LLM GFLOPs per action")
     parser.add_argument("--checkpoint", default="", help="policy checkpoint (default: bundled demo model)")
     parser.add_argument("--model", default="tiny", help="model preset of the checkpoint")
+    parser.add_argument("--cpu-threads", type=int, default=1,
+                        help="torch threads of the policy (0 = one per core); 1 suits the tiny demo model")
     parser.add_argument("--timeout", type=float, default=900.0, help="give up after this many seconds")
     parser.add_argument("--json", action="store_true", help="print the evaluation as JSON")
     parser.add_argument("--keep-logs", action="store_true", help="print the node logs at the end")
@@ -44,7 +46,7 @@ def demo_main(argv: list[str] | None = None) -> int:
                      "max_frames": args.max_frames, "report_path": str(report), "exit_when_done": True,
                      "lockstep": True}
     policy_params = {"use_sim_time": True, "flops_budget": args.flops_budget, "checkpoint": args.checkpoint,
-                     "model": args.model}
+                     "model": args.model, "cpu_threads": args.cpu_threads}
     t0 = time.monotonic()
     policy = NodeProcess("deer_policy", [executable("deer_policy_node"),
                                          *ros_args([config / "deer_policy.yaml"], policy_params)],

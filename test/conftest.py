@@ -89,6 +89,9 @@ def launch_node(ros_domain, tmp_path):
     started = []
 
     def start(exe: str, params_files=(), params=None, remaps=None, name=None, namespace=None):
+        if exe == "deer_policy_node":
+            # the test process and other nodes share this machine's cores: one torch thread avoids spin-waits
+            params = {"cpu_threads": 1, **(params or {})}
         argv = [executable(exe), *ros_args(params_files, params, remaps, name, namespace)]
         proc = NodeProcess(exe, argv, ros_env(ros_domain), tmp_path / f"{exe}-{len(started)}.log")
         started.append(proc)

@@ -57,6 +57,9 @@ POLICY_PARAMETERS: tuple[ParamSpec, ...] = (
               read_only=True),
     ParamSpec("memory_budget_mb", int, 0, "Build only the LLM layers whose weights fit (MB); 0 = no limit.",
               0, 10_000_000, read_only=True),
+    ParamSpec("cpu_threads", int, 0, "Torch CPU threads for inference; 0 = torch's default (one per core). "
+              "Fewer than the cores when other processes share them: oversubscribed threads spin-wait.",
+              0, 1024, read_only=True),
     ParamSpec("autostart", bool, True, "Configure and activate at start (no lifecycle manager needed).",
               read_only=True),
     ParamSpec("pair_slop_s", float, 0.02, "Largest stamp difference between a static and a gripper image "
@@ -103,6 +106,10 @@ class DeerPolicyNode(LifecycleNode):
         from deer_ros.model.checkpoint import load_policy  # torch is imported only when a model is loaded
 
         p = values(self, POLICY_PARAMETERS)
+        if p["cpu_threads"]:
+            import torch
+
+            torch.set_num_threads(p["cpu_threads"])
         try:
             # max_exit is a run-time cap (it can be raised again), so every exit that fits memory_budget_mb is
             # built; only memory_budget_mb leaves layers out.
