@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import random
 import signal
-import time
 from pathlib import Path
-from typing import Callable
 
 import pytest
 
@@ -24,55 +22,12 @@ def ros_domain() -> int:
     return random.SystemRandom().randint(1, 200)
 
 
-class Probe:
-    """An rclpy node living in the test process, in the test's domain."""
-
-    def __init__(self, domain_id: int) -> None:
-        import rclpy
-        from rclpy.executors import SingleThreadedExecutor
-
-        self.context = rclpy.Context()
-        rclpy.init(context=self.context, domain_id=domain_id)
-        self.node = rclpy.create_node("test_probe", context=self.context)
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
-
-    def spin_until(self, condition: Callable[[], bool], timeout: float, what: str = "condition") -> None:
-        """Spin until `condition()` holds; fail the test with `what` after `timeout` seconds."""
-        deadline = time.monotonic() + timeout
-        while not condition():
-            if time.monotonic() > deadline:
-                pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
-            self.executor.spin_once(timeout_sec=0.05)
-
-    def spin_for(self, seconds: float) -> None:
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
-            self.executor.spin_once(timeout_sec=0.02)
-
-    def collect(self, msg_type, topic: str, qos=10) -> list:
-        """Subscribe and return the list that received messages are appended to."""
-        received: list = []
-        self.node.create_subscription(msg_type, topic, received.append, qos)
-        return received
-
-    def wait_for_publisher(self, topic: str, timeout: float = 30.0) -> None:
-        self.spin_until(lambda: self.node.count_publishers(topic) > 0, timeout, f"a publisher on {topic}")
-
-    def wait_for_subscriber(self, topic: str, timeout: float = 30.0) -> None:
-        self.spin_until(lambda: self.node.count_subscribers(topic) > 0, timeout, f"a subscriber on {topic}")
-
-    def close(self) -> None:
-        import rclpy
-
-        self.executor.shutdown()
-        self.node.destroy_node()
-        rclpy.try_shutdown(context=self.context)
-
-
 @pytest.fixture
 def probe(ros_domain):
-    p = Probe(ros_domain)
+    """An rclpy node in the test process, in the test's domain (spin_until raises TimeoutError)."""
+    from deer_ros.ros.probe import Probe
+
+    p = Probe(ros_domain, "test_probe")
     yield p
     p.close()
 

@@ -30,43 +30,11 @@ import numpy as np
 
 from deer_ros.bench.timing import BenchFrame, summarize
 from deer_ros.ros.launcher import NodeProcess, executable, ros_args, ros_env
+from deer_ros.ros.probe import Probe as Listener
 
 
 def stamp_ns(stamp) -> int:
     return stamp.sec * 1_000_000_000 + stamp.nanosec
-
-
-class Listener:
-    """An rclpy node in this process, in the benchmark's ROS domain, with its own context and executor."""
-
-    def __init__(self, domain_id: int) -> None:
-        import rclpy
-        from rclpy.executors import SingleThreadedExecutor
-
-        self.context = rclpy.Context()
-        rclpy.init(context=self.context, domain_id=domain_id)
-        self.node = rclpy.create_node("deer_ros_bench", context=self.context)
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
-
-    def spin_until(self, condition: Callable[[], bool], timeout: float, what: str) -> None:
-        deadline = time.monotonic() + timeout
-        while not condition():
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"benchmark timed out after {timeout:.0f} s waiting for {what}")
-            self.executor.spin_once(timeout_sec=0.005)
-
-    def spin_for(self, seconds: float) -> None:
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
-            self.executor.spin_once(timeout_sec=0.005)
-
-    def close(self) -> None:
-        import rclpy
-
-        self.executor.shutdown()
-        self.node.destroy_node()
-        rclpy.try_shutdown(context=self.context)
 
 
 class Nodes:
