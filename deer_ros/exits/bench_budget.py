@@ -20,10 +20,11 @@ from typing import Any
 import numpy as np
 
 from deer_ros.exits import solver
+from deer_ros.exits.bayes import OfflineEvaluator, RecordedSegment, search_thresholds
 from deer_ros.exits.calibration import Calibration, collect_calibration
 from deer_ros.exits.controller import BudgetSettings, ExitBudget
 
-Segment = tuple[int, str, list[tuple[np.ndarray, np.ndarray]]]
+Segment = tuple[int, str, list[tuple[np.ndarray, np.ndarray]]]  # index, instruction, (static, gripper) frames
 BUDGET_FRACTIONS = (0.15, 0.35, 0.5, 0.65, 0.85)  # of the way from the cheapest to the deepest exit
 
 
@@ -49,13 +50,42 @@ def load_policy(model: str, checkpoint: str, seed: int) -> tuple[Any, str]:
             f"{model}, randomly initialised (seed {seed}): no checkpoint at {path}")
 
 
-def load_segments(split_dir: Path) -> list[Segment]:
-    """All annotated segments of a split with their frames in memory (the runs replay them many times)."""
+def load_segments(split_dir: Path) -> list[tuple[int, str, list[Any]]]:
+    """All annotated segments of a split with their frames (deer_ros.calvin Frame) in memory: the runs replay
+    them many times."""
     from deer_ros.calvin.dataset import CalvinSplit
 
     split = CalvinSplit(split_dir)
-    return [(s.index, s.instruction, [(f.rgb_static, f.rgb_gripper) for f in split.frames(s, keys=())])
-            for s in split.segments()]
+    return [(s.index, s.instruction, list(split.frames(s, keys=()))) for s in split.segments()]
+
+
+def cameras(segments: list[tuple[int, str, list[Any]]]) -> list[Segment]:
+    return [(i, text, [(f.rgb_static, f.rgb_gripper) for f in frames]) for i, text, frames in segments]
+
+
+def recorded(segments: list[tuple[int, str, list[Any]]], max_frames: int | None = None) -> list[RecordedSegment]:
+    return [(text, [(f.rgb_static, f.rgb_gripper, f.rel_actions) for f in frames[:max_frames]])
+            for _, text, frames in segments]
+
+
+def online_search(policy: Any, calibration: Calibration, calib: list, heldout: list, budget: float,
+                  criterion: str, calls: int, frames_per_segment: int, log: Path) -> dict[str, Any]:
+    """DeeR w. online, offline flavour: search thresholds for the pose error on the calibration split's recorded
+    actions under `budget`, starting from the solved ones; compare both on the held-out split."""
+    start = solver.solve_budget(calibration.criterion_values(criterion), calibration.exit_gflops, budget).thresholds
+    search_on = OfflineEvaluator(policy, recorded(calib, frames_per_segment), criterion)
+    log.unlink(missing_ok=True)
+    t0 = time.perf_counter()
+    result = search_thresholds(search_on, start, budget, n_calls=calls, log_path=log)
+    seconds = time.perf_counter() - t0
+    check_on = OfflineEvaluator(policy, recorded(heldout), criterion)
+    out = {"budget": budget, "calls": calls, "seconds": seconds, "log": str(log)}
+    for name, thresholds in (("solved", start), ("searched", np.array(result.best.thresholds))):
+        search_score, search_gflops = search_on(thresholds)
+        score, gflops = check_on(thresholds)
+        out[name] = {"thresholds": thresholds.tolist(), "search_pose_rmse": -search_score,
+                     "search_gflops": search_gflops, "heldout_pose_rmse": -score, "heldout_gflops": gflops}
+    return out
 
 
 def run(policy: Any, segments: list[Segment], budget: ExitBudget, passes: int = 1) -> dict[str, Any]:
@@ -93,27 +123,27 @@ def solver_timings(n_exits: int, gflops: np.ndarray, n: int = 100_000, repeats: 
 
 
 def plot(rows: list[dict], n_exits: int, path: Path) -> None:
-    """Grouped bars: share of steps per exit, one bar per budget; calibration split and held-out (tracked)."""
+    """Grouped bars: share of actions per exit, one bar per budget; calibration / held-out x tracking off / on."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [("calibration split, no tracking", "calibration", False),
-              ("held-out split, no tracking", "held-out", False), ("held-out split, tracking", "held-out", True)]
-    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), sharey=True)
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7), sharex=True, sharey=True)
     budgets = sorted({r["budget"] for r in rows})
     width = 0.8 / len(budgets)
-    for ax, (title, split, tracking) in zip(axes, panels):
+    for ax, (split, tracking) in zip(axes.flat, [(s, t) for s in ("calibration", "held-out") for t in (False, True)]):
         for j, b in enumerate(budgets):
             row = next(r for r in rows if r["budget"] == b and r["split"] == split and r["tracking"] == tracking)
             ax.bar(np.arange(1, n_exits + 1) + (j - (len(budgets) - 1) / 2) * width, row["exit_shares"], width,
-                   label=f"{b:.3g} GFLOPs (realised {row['realised']:.3g})")
-        ax.set_title(title)
-        ax.set_xlabel("exit")
+                   label=f"{b:.3g} -> {row['realised']:.3g} ({row['error_pct']:+.1f}%)")
+        ax.set_title(f"{split} split, tracking {'on' if tracking else 'off'}")
         ax.set_xticks(np.arange(1, n_exits + 1))
-    axes[0].set_ylabel("share of actions")
-    axes[-1].legend(title="budget", fontsize=8)
+        ax.legend(title="budget -> realised GFLOPs", fontsize=7, title_fontsize=7)
+    for ax in axes[-1]:
+        ax.set_xlabel("exit")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("share of actions")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
@@ -142,14 +172,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--passes", type=int, default=2, help="times the held-out split is played per run")
     p.add_argument("--criterion", default="action_consistency")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--search-calls", type=int, default=12, help="evaluations of the online threshold search at the "
+                   "middle budget (0 = skip it)")
+    p.add_argument("--search-frames", type=int, default=24, help="frames per calibration segment the search "
+                   "replays per evaluation")
     p.add_argument("--out", default="out/bench_budget", help="folder for budget_exits.png and results.json")
     p.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
     args = p.parse_args(argv)
 
     policy, what = load_policy(args.model, args.checkpoint, args.seed)
     root = Path(args.dataset).expanduser()
-    calib_segments = load_segments(root / args.calibration_split)
-    heldout_segments = load_segments(root / args.heldout_split)
+    calib_frames = load_segments(root / args.calibration_split)
+    heldout_frames = load_segments(root / args.heldout_split)
+    calib_segments, heldout_segments = cameras(calib_frames), cameras(heldout_frames)
     t0 = time.perf_counter()
     calibration = collect_calibration(policy, calib_segments, [args.criterion],
                                       {"model": args.model, "dataset": str(root), "split": args.calibration_split})
@@ -172,12 +207,17 @@ def main(argv: list[str] | None = None) -> int:
                              "exit_shares": (np.bincount(r["exits"] - 1, minlength=len(g)) / len(r["exits"])).tolist(),
                              "final_target": budget.tracker.target if budget.tracker else b})
     timings = solver_timings(len(g), g)
-    png = Path(args.out) / "budget_exits.png"
+    out_dir = Path(args.out)
+    png = out_dir / "budget_exits.png"
     plot(rows, len(g), png)
+    search = None
+    if args.search_calls > 0:
+        search = online_search(policy, calibration, calib_frames, heldout_frames, budgets[len(budgets) // 2],
+                               args.criterion, args.search_calls, args.search_frames, out_dir / "search_log.json")
     results = {"model": what, "criterion": args.criterion, "calibration_frames": calibration.n_samples,
                "calibration_seconds": calibrate_s, "exit_gflops": g.tolist(), "rows": rows,
-               "solver_100k": timings, "png": str(png)}
-    (Path(args.out) / "results.json").write_text(json.dumps(results, indent=2))
+               "solver_100k": timings, "online_search": search, "png": str(png)}
+    (out_dir / "results.json").write_text(json.dumps(results, indent=2))
     if args.json:
         print(json.dumps(results, indent=2))
         return 0
@@ -187,7 +227,15 @@ def main(argv: list[str] | None = None) -> int:
     print(table(rows))
     print("\nsolver on 100,000 samples x %d exits: " % len(g)
           + ", ".join(f"{k} {v:.2f}" for k, v in timings.items()))
-    print(f"\nwrote {png} and {Path(args.out) / 'results.json'}")
+    if search:
+        print(f"\nonline threshold search at {search['budget']:.4g} GFLOPs ({search['calls']} calls, "
+              f"{search['seconds']:.0f} s), pose RMSE (scaled units) / GFLOPs:")
+        print("| thresholds | searched split | held-out split |\n|---|---|---|")
+        for name in ("solved", "searched"):
+            r = search[name]
+            print(f"| {name} | {r['search_pose_rmse']:.4f} / {r['search_gflops']:.4g} | "
+                  f"{r['heldout_pose_rmse']:.4f} / {r['heldout_gflops']:.4g} |")
+    print(f"\nwrote {png} and {out_dir / 'results.json'}")
     return 0
 
 

@@ -68,3 +68,23 @@ def test_deciders_drive_the_real_policy(policy, split):
     assert result.exit_index == 1 and result.values == always.values
     capped = ExitController("action_consistency", [-1.0] * n, max_exit=2)
     assert policy.step(frame.rgb_static, frame.rgb_gripper, "pick up the block", capped).exit_index == 2
+
+
+def test_offline_evaluator_scores_the_pose_error_and_the_compute_actually_spent(policy, split):
+    from deer_ros.exits.bayes import OfflineEvaluator
+
+    seg = split.segments()[1]
+    frames = [(f.rgb_static, f.rgb_gripper, f.rel_actions) for f in list(split.frames(seg))[:3]]
+    evaluate = OfflineEvaluator(policy, [(seg.instruction, frames)])
+    n = len(policy.exits)
+    for thresholds, exit_index in (([1e8] * n, 1), ([-1.0] * n, n)):
+        score, gflops = evaluate(np.array(thresholds))
+        policy.reset()  # the same run by hand
+        results = [policy.step(s, g, seg.instruction, FixedExit(exit_index)) for s, g, _ in frames]
+        actions = np.array([r.action[:6] for r in results])
+        recorded = np.array([a[:6] for _, _, a in frames])
+        assert score == pytest.approx(-np.sqrt(np.mean((actions - recorded) ** 2)), rel=1e-5)
+        assert gflops == pytest.approx(np.mean([r.gflops for r in results]))
+        assert all(r.exit_index == exit_index for r in results)
+    with pytest.raises(ValueError, match="at least one recorded segment"):
+        OfflineEvaluator(policy, [])
