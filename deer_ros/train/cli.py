@@ -14,6 +14,7 @@ import json
 import logging
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--openflamingo", default="", help="OpenFlamingo checkpoint.pt to start from (perceiver, x-attn)")
     g.add_argument("--vision-weights", default="", help="open_clip / OpenAI ViT-L-14 weights (real presets)")
     g.add_argument("--mpt-weights", default="", help="HF MPT-1B/7B directory or file (real presets)")
+    g.add_argument("--tokenizer", default="", help="local tokenizer directory ('' = the model config's; the real "
+                   "presets need a local copy of the GPT-NeoX-20B tokenizer)")
     g.add_argument("--no-aux-heads", action="store_true", help="train without the per-exit auxiliary heads")
+    g.add_argument("--xattn-gate-init", type=float, default=None,
+                   help="start the cross-attention gates at this value instead of 0 (a model trained from "
+                        "scratch needs it, e.g. 0.5; ignored with --init and --resume)")
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default="", help="CALVIN dataset root or split folder ('' = the bundled sample)")
     g.add_argument("--split", default="training", choices=("training", "validation"))
@@ -46,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--head-lr-scale", type=float, default=0.25, help="joint stage: head LR = lr * this")
     g.add_argument("--head-stage-lr", type=float, default=2.5e-5, help="head-stage learning rate")
     g.add_argument("--warmup", type=int, default=2500, help="linear warm-up steps of each stage")
+    g.add_argument("--schedule", default="constant", choices=("constant", "cosine"),
+                   help="learning rate after the warm-up: constant (the reference) or cosine decay to 0")
     g.add_argument("--weight-decay", type=float, default=0.1, help="on cross-attention weight matrices")
     g.add_argument("--train-vision", action="store_true", help="unfreeze the CLIP vision tower (joint stage)")
     g.add_argument("--train-llm", action="store_true", help="unfreeze the MPT blocks (joint stage)")
@@ -107,6 +115,7 @@ def initial_model(args: argparse.Namespace):
     from deer_ros.model.checkpoint import Mapped, is_own_format, load_reference, load_state, read_file
     from deer_ros.model.config import DeerConfig
     from deer_ros.model.deer import build_model
+    from deer_ros.train.trainer import open_xattn_gates
 
     aux = not args.no_aux_heads
     torch.manual_seed(args.seed)
@@ -126,14 +135,17 @@ def initial_model(args: argparse.Namespace):
         return load_reference(None, config=config, vision_weights=args.vision_weights or None,
                               mpt_weights=args.mpt_weights or None, openflamingo=args.openflamingo or None,
                               fresh=("head.",) + fresh)
-    return build_model(config)
+    model = build_model(config)
+    if args.xattn_gate_init is not None:
+        open_xattn_gates(model, args.xattn_gate_init)
+    return model
 
 
 def stage_plan(args: argparse.Namespace):
     from deer_ros.train.trainer import StageSettings
 
     common = dict(batch_size=args.batch_size, warmup_steps=args.warmup, weight_decay=args.weight_decay,
-                  augment=not args.no_augment, seed=args.seed)
+                  augment=not args.no_augment, seed=args.seed, schedule=args.schedule)
     plan = []
     if args.joint_epochs:
         plan.append(StageSettings("joint", args.joint_epochs, lr=args.lr, head_lr_scale=args.head_lr_scale,
@@ -160,81 +172,93 @@ def _format_log(e) -> str:
             f"{e.seconds * 1e3:.0f} ms/step")
 
 
+def read_resume_state(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The training state to resume from (--resume), or None."""
+    from deer_ros.model.checkpoint import read_file
+    from deer_ros.train.trainer import STATE_KEY
+
+    if not args.resume:
+        return None
+    state_file = state_path(args)
+    if not state_file.is_file():
+        raise FileNotFoundError(f"--resume: no training state at {state_file} (give --state)")
+    data = read_file(state_file)
+    if STATE_KEY not in data:
+        raise ValueError(f"{state_file} is a checkpoint without a training state: use it with --init instead")
+    return data
+
+
+def run_plan(model, data, plan, resume: dict[str, Any] | None, args: argparse.Namespace) -> dict[str, Any]:
+    """Train the stages of `plan` in order (skipping those a resumed state has finished); saves the state to
+    --state every --save-every steps and at each epoch end. Returns the mean losses of each stage's last epoch."""
+    from deer_ros.train.trainer import STATE_KEY, Trainer, save_training_checkpoint, trainable_summary
+
+    names = [s.stage for s in plan]
+    saved = resume[STATE_KEY] if resume is not None else None
+    if saved is not None and saved["settings"]["stage"] not in names:
+        raise ValueError(f"the state is of stage '{saved['settings']['stage']}', which this plan ({names}) "
+                         "does not run")
+    first = names.index(saved["settings"]["stage"]) if saved is not None else 0
+    state_file = state_path(args)
+    last_parts: dict[str, dict[str, float]] = {}
+    for settings in plan[first:]:
+        trainer = Trainer(model, data, settings)
+        if saved is not None and saved["settings"]["stage"] == settings.stage:
+            trainer.load_state_dict(saved)
+            log.info("resumed stage %s at step %d of %d", settings.stage, trainer.step, trainer.total_steps)
+        log.info("stage %s: %d epochs x %d steps; trainable parameters %s", settings.stage, settings.epochs,
+                 trainer.steps_per_epoch, trainable_summary(model))
+        epoch_parts: list[dict[str, float]] = []
+        for entry in trainer.run(save=lambda t: save_training_checkpoint(t, state_file),
+                                 save_every=args.save_every):
+            epoch_parts.append(entry.parts)
+            if entry.step % args.log_every == 0:
+                log.info(_format_log(entry))
+            if entry.step % trainer.steps_per_epoch == 0:  # epoch end: the mean over its steps
+                mean = {k: sum(p[k] for p in epoch_parts) / len(epoch_parts) for k in epoch_parts[0]}
+                log.info("[%s] epoch %d done: mean loss %.4f (%s)", settings.stage, round(entry.epoch),
+                         sum(mean.values()), " ".join(f"{k} {v:.4f}" for k, v in mean.items()))
+                last_parts[settings.stage], epoch_parts = mean, []
+    return last_parts
+
+
 def train(args: argparse.Namespace) -> dict[str, Any]:
-    """Run the whole plan; returns the summary. Raises on bad input (the caller prints the message)."""
+    """Run the whole plan and write the outputs; returns the summary. Raises on bad input."""
     import torch
 
     from deer_ros.calvin.dataset import CalvinSplit
-    from deer_ros.model.checkpoint import load_state, Mapped, read_file, save_checkpoint
+    from deer_ros.model.checkpoint import Mapped, load_state, save_checkpoint
     from deer_ros.model.preprocess import ImagePreprocessor
     from deer_ros.model.tokenizer import PromptEncoder, load_tokenizer
     from deer_ros.train.data import WindowDataset
-    from deer_ros.train.trainer import STATE_KEY, Trainer, save_training_checkpoint, trainable_summary
 
     t_start = time.perf_counter()
     if args.threads:
         torch.set_num_threads(args.threads)
-    state_file = state_path(args)
-    resume = None
-    if args.resume:
-        if not state_file.is_file():
-            raise FileNotFoundError(f"--resume: no training state at {state_file} (give --state)")
-        resume = read_file(state_file)
-        if STATE_KEY not in resume:
-            raise ValueError(f"{state_file} is a checkpoint without a training state: use it with --init instead")
+    resume = read_resume_state(args)
     model = initial_model(args)
     if resume is not None:
-        load_state(model, [Mapped(str(state_file), dict(resume["model_state_dict"]))])
+        load_state(model, [Mapped(str(state_path(args)), dict(resume["model_state_dict"]))])
     model.to(args.device)
     c = model.config
     split = CalvinSplit(split_folder(args.dataset, args.split))
-    prompts = PromptEncoder(load_tokenizer(c.tokenizer), c.max_text_tokens, c.vocab_size)
+    prompts = PromptEncoder(load_tokenizer(args.tokenizer or c.tokenizer), c.max_text_tokens, c.vocab_size)
     data = WindowDataset(split, split.segments(args.segments), ImagePreprocessor(c.image_size), prompts,
                          args.window)
     log.info("data: %s -> %d windows of %d steps (%d frames), shift pads %s", split, len(data), args.window,
              data.n_frames, data.shift_pads)
     t_data = time.perf_counter() - t_start
-
     plan = stage_plan(args)
-    done_stages = []
-    if resume is not None:
-        saved = resume[STATE_KEY]
-        names = [s.stage for s in plan]
-        if saved["settings"]["stage"] not in names:
-            raise ValueError(f"the state is of stage '{saved['settings']['stage']}', which this plan ({names}) "
-                             "does not run")
-        done_stages = names[: names.index(saved["settings"]["stage"])]
-    history: dict[str, list[float]] = {}
-    last_parts: dict[str, dict[str, float]] = {}
-    for settings in plan:
-        if settings.stage in done_stages:
-            continue
-        trainer = Trainer(model, data, settings)
-        if resume is not None and resume[STATE_KEY]["settings"]["stage"] == settings.stage:
-            trainer.load_state_dict(resume[STATE_KEY])
-            log.info("resumed stage %s at step %d of %d", settings.stage, trainer.step, trainer.total_steps)
-        log.info("stage %s: %d epochs x %d steps; trainable parameters %s", settings.stage, settings.epochs,
-                 trainer.steps_per_epoch, trainable_summary(model))
-        losses, epoch_parts = history.setdefault(settings.stage, []), []
-        for entry in trainer.run(save=lambda t: save_training_checkpoint(t, state_file),
-                                 save_every=args.save_every):
-            losses.append(entry.loss)
-            epoch_parts.append(entry.parts)
-            epoch_parts = epoch_parts[-trainer.steps_per_epoch:]
-            if entry.step % args.log_every == 0 or trainer.done:
-                log.info(_format_log(entry))
-        if epoch_parts:
-            last_parts[settings.stage] = {k: sum(p[k] for p in epoch_parts) / len(epoch_parts)
-                                          for k in epoch_parts[0]}
+    last_parts = run_plan(model, data, plan, resume, args)
     t_train = time.perf_counter() - t_start - t_data
 
     out = Path(args.out).expanduser()
     model.cpu().eval()
     final = model if args.keep_aux_heads else inference_model(model)
     save_checkpoint(final, out, {"trained_on": {"dataset": str(split.path.resolve()), "segments": args.segments,
-                                                "windows": len(data), "stages": [s.__dict__ for s in plan]}})
+                                                "windows": len(data), "stages": [asdict(s) for s in plan]}})
     summary: dict[str, Any] = {
-        "out": str(out), "state": str(state_file), "windows": len(data), "frames": data.n_frames,
+        "out": str(out), "state": str(state_path(args)), "windows": len(data), "frames": data.n_frames,
         "data_seconds": round(t_data, 1), "train_seconds": round(t_train, 1),
         "final_epoch_losses": last_parts, "size_mb": round(out.stat().st_size / 2 ** 20, 2)}
     if args.export_reference:

@@ -101,6 +101,12 @@ def accuracy_compute_curve(policy, segments: Sequence[SegmentData], calibration,
     return points
 
 
+def constant_baseline(segments: Sequence[SegmentData]) -> float:
+    """Pose RMSE of the best input-blind constant action: the split's own mean pose (a no-information floor)."""
+    poses = np.concatenate([s.actions[:, :6] for s in segments]).astype(np.float64)  # (N, 6)
+    return float(np.sqrt(np.mean((poses - poses.mean(axis=0)) ** 2)))
+
+
 def static_error_at(points: Sequence[CurvePoint], gflops: float) -> float:
     """The static curve's error at `gflops`, linearly interpolated between the exits."""
     static = sorted((p for p in points if p.kind == "static"), key=lambda p: p.gflops)
@@ -122,8 +128,8 @@ def table(points: Sequence[CurvePoint]) -> str:
     return "\n".join(rows)
 
 
-def plot(panels: dict[str, Sequence[CurvePoint]], path: Path, title: str) -> Path:
-    """One panel per split: the static exits (line + markers) and the dynamic budgets."""
+def plot(panels: dict[str, Sequence[CurvePoint]], baselines: dict[str, float], path: Path, title: str) -> Path:
+    """One panel per split: the static exits (line + markers), the dynamic budgets and the constant baseline."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -139,6 +145,7 @@ def plot(panels: dict[str, Sequence[CurvePoint]], path: Path, title: str) -> Pat
             ax.annotate(p.label, (p.gflops, p.pose_rmse), textcoords="offset points", xytext=(4, 4), fontsize=8)
         ax.plot([p.gflops for p in dynamic], [p.pose_rmse for p in dynamic], "o-", color="tab:blue",
                 label="dynamic (DeeR) over budgets")
+        ax.axhline(baselines[name], color="tab:red", ls="--", lw=1, label="best constant action (split mean)")
         ax.set_xlabel("average LLM GFLOPs per action")
         ax.set_ylabel("action error (pose RMSE, scaled units)")
         ax.set_title(name, fontsize=10)
@@ -189,23 +196,25 @@ def curve_main(argv: list[str] | None = None) -> int:
     try:
         policy = load_policy(checkpoint=checkpoint, preset=None)
         calibration = Calibration.load(args.calibration or demo_calibration())
-        panels = {}
+        panels, baselines = {}, {}
         for split_name in splits:
             split = CalvinSplit(split_folder(args.dataset, split_name))
             segments = load_segments(split)
             points = accuracy_compute_curve(policy, segments, calibration, args.budgets, args.criterion)
-            frames = sum(len(s.frames) for s in segments)
-            panels[f"{split_name} ({len(segments)} episodes, {frames} frames)"] = points
+            name = f"{split_name} ({len(segments)} episodes, {sum(len(s.frames) for s in segments)} frames)"
+            panels[name], baselines[name] = points, constant_baseline(segments)
     except (CalvinDatasetError, CalibrationError, CheckpointError, FileNotFoundError, ValueError) as exc:
         print(f"deer-ros train curve: {exc}", file=sys.stderr)
         return 1
     out_dir = Path(args.out_dir)
     title = f"{policy.config.name} model {checkpoint.name}: action error vs LLM compute (open loop)"
-    png = plot(panels, out_dir / f"{args.name}.png", title)
-    md = "\n\n".join(f"### {name}\n\n{table(points)}" for name, points in panels.items())
+    png = plot(panels, baselines, out_dir / f"{args.name}.png", title)
+    md = "\n\n".join(f"### {name}\n\nBest constant action (the split's mean pose): pose RMSE "
+                       f"{baselines[name]:.4f}.\n\n{table(points)}" for name, points in panels.items())
     (out_dir / f"{args.name}.md").write_text(f"# {title}\n\n{md}\n")
     data = {"checkpoint": str(checkpoint), "dataset": args.dataset or str(calvin_sample()),
-            "criterion": args.criterion, "panels": {k: [asdict(p) for p in v] for k, v in panels.items()}}
+            "criterion": args.criterion, "constant_baseline_pose_rmse": baselines,
+            "panels": {k: [asdict(p) for p in v] for k, v in panels.items()}}
     (out_dir / f"{args.name}.json").write_text(json.dumps(data, indent=2))
     print(json.dumps(data, indent=2) if args.json else f"{md}\n\nwrote {png}, {out_dir / args.name}.md/.json")
     return 0

@@ -64,6 +64,11 @@ class Batch:
     def shape(self) -> tuple[int, int]:
         return tuple(self.actions.shape[:2])  # type: ignore[return-value]
 
+    def to(self, device: torch.device | str) -> "Batch":
+        p = self.prompt
+        prompt = EncodedPrompt(p.input_ids.to(device), p.attention_mask.to(device), p.media_locations.to(device))
+        return Batch(self.images.to(device), prompt, self.actions.to(device))
+
 
 class WindowDataset:
     """The training windows of some segments of a CALVIN split, with their frames preprocessed in memory."""

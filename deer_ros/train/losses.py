@@ -39,6 +39,7 @@ def sample_exits_two_segments(batch: int, steps: int, n_exits: int,
 
 def gather_exits(features: torch.Tensor, choice: torch.Tensor) -> torch.Tensor:
     """features (B, T, E, d) and choice (B, T) in [0, E) -> (B, T, d): each step's feature from its chosen exit."""
+    choice = choice.to(features.device)  # drawn on the CPU generator
     index = choice[..., None, None].expand(*choice.shape, 1, features.shape[-1])  # (B, T, 1, d)
     return features.gather(2, index).squeeze(2)
 

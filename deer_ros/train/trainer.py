@@ -5,7 +5,8 @@ Stages
          blocks are frozen unless `train_vision` / `train_llm` (a model trained from scratch, like the bundled
          tiny demo, needs both). Head parameters get `head_lr_scale` (0.25) of the learning rate.
   head   only the heads train (shared head + aux heads); the backbone runs under no_grad.
-Each stage has its own AdamW and its own constant-with-linear-warmup schedule; gradients are clipped to norm 1.0.
+Each stage has its own AdamW and its own schedule: linear warm-up, then constant (the reference) or a cosine
+decay to 0 over the stage (steadier for short runs from scratch); gradients are clipped to norm 1.0.
 Weight decay applies to the cross-attention weight matrices only (not gates, norms or biases), as the reference.
 
 Resuming: a training state holds the model, the optimiser, the schedule, the stage and step, and the RNG
@@ -16,6 +17,7 @@ takes the same path as training that never stopped.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -32,6 +34,7 @@ from deer_ros.train.losses import MultiExitLoss, multi_exit_loss
 log = logging.getLogger(__name__)
 
 STAGES = ("joint", "head")
+SCHEDULES = ("constant", "cosine")
 STATE_KEY = "training_state"  # the key of the training state inside a checkpoint in our format
 
 
@@ -51,11 +54,14 @@ class StageSettings:
     train_llm: bool = False
     augment: bool = True
     seed: int = 0
+    schedule: str = "constant"  # after warm-up: 'constant' (reference) or 'cosine' (decay to 0 at the end)
 
     def __post_init__(self) -> None:
         problems = []
         if self.stage not in STAGES:
             problems.append(f"stage must be one of {STAGES} (got {self.stage!r})")
+        if self.schedule not in SCHEDULES:
+            problems.append(f"schedule must be one of {SCHEDULES} (got {self.schedule!r})")
         for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1 (got {getattr(self, name)})")
@@ -106,6 +112,20 @@ def param_groups(model: DeerModel, s: StageSettings) -> list[dict[str, Any]]:
     return [g for g in groups if g["params"]]
 
 
+def open_xattn_gates(model: DeerModel, value: float) -> None:
+    """Set every cross-attention gate (attention and feed-forward) to `value` (tanh(value) of the update passes).
+
+    OpenFlamingo starts the gates at 0 so a pretrained LLM is untouched at first. A model trained from scratch
+    then never starts using the images: with closed gates the vision tower and perceiver get no gradient, and the
+    gates get only noise from random visual features (the tiny model stays at the mean action). Opening them at
+    the start breaks that deadlock.
+    """
+    with torch.no_grad():
+        for block in model.xattn.values():
+            block.attn_gate.fill_(value)
+            block.ff_gate.fill_(value)
+
+
 def exit_features(model: DeerModel, batch: Batch) -> torch.Tensor:
     """The pooled features of every built exit for every step of every window: (B, T, E, d).
 
@@ -141,11 +161,9 @@ class Trainer:
         if not self.trainable:
             raise ValueError(f"stage '{settings.stage}' has nothing to train")
         self.optimizer = torch.optim.AdamW(param_groups(model, settings))
-        warmup = settings.warmup_steps
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0)
         self.generator = torch.Generator().manual_seed(settings.seed)
         self.step = 0
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.lr_factor)
 
     # ------------------------------------------------------------------ schedule
     @property
@@ -155,6 +173,16 @@ class Trainer:
     @property
     def total_steps(self) -> int:
         return self.settings.epochs * self.steps_per_epoch
+
+    def lr_factor(self, step: int) -> float:
+        """Learning-rate multiplier after `step` optimiser steps: linear warm-up, then constant or cosine."""
+        s = self.settings
+        if step < s.warmup_steps:
+            return (step + 1) / s.warmup_steps
+        if s.schedule == "constant":
+            return 1.0
+        progress = (step - s.warmup_steps) / max(1, self.total_steps - s.warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
     @property
     def done(self) -> bool:
@@ -178,6 +206,7 @@ class Trainer:
         s = self.settings
         self.model.train()
         batch = self.data.batch(self._indices(self.step), augment=s.augment, generator=self.generator)
+        batch = batch.to(self.model.wte.weight.device)
         with torch.set_grad_enabled(s.stage == "joint"):
             features = exit_features(self.model, batch)  # (B, T, E, d)
         loss: MultiExitLoss = multi_exit_loss(self.model.head, self.model.aux_heads, features, batch.actions,

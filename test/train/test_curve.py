@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from deer_ros.train.cli import train_main
-from deer_ros.train.curve import CurvePoint, budgets_between, static_error_at
+from deer_ros.train.curve import CurvePoint, SegmentData, budgets_between, constant_baseline, static_error_at
 
 
 def _point(kind: str, gflops: float, error: float) -> CurvePoint:
@@ -23,6 +23,16 @@ def test_static_error_is_interpolated_between_exits():
     points = [_point("static", 3.0, 0.1), _point("static", 1.0, 0.3), _point("dynamic", 2.0, 0.0)]
     assert static_error_at(points, 2.0) == pytest.approx(0.2)
     assert static_error_at(points, 2.5) == pytest.approx(0.15)
+
+
+def test_constant_baseline_is_the_rmse_around_the_mean_pose():
+    actions = np.zeros((4, 7))
+    actions[:, 0] = [1.0, -1.0, 1.0, -1.0]  # mean 0, squared error 1 on one of 6 pose values
+    actions[:, 6] = [1, -1, 1, 1]  # the gripper does not count
+    seg = SegmentData(0, "x", [], actions)
+    assert constant_baseline([seg]) == pytest.approx(np.sqrt(1 / 6))
+    shifted = SegmentData(1, "x", [], actions + np.array([0.5, 0, 0, 0, 0, 0, 0]))
+    assert constant_baseline([shifted]) == pytest.approx(np.sqrt(1 / 6))  # a constant offset costs nothing
 
 
 def test_curve_cli_writes_table_plot_and_json(small_dataset, tmp_path):
@@ -49,6 +59,8 @@ def test_curve_cli_writes_table_plot_and_json(small_dataset, tmp_path):
     assert (out / "c.png").stat().st_size > 10_000
     data = json.loads((out / "c.json").read_text())
     (points,) = data["panels"].values()
+    (baseline,) = data["constant_baseline_pose_rmse"].values()
+    assert 0.1 < baseline < 0.5  # the real frames' pose spread around their mean
     static = [p for p in points if p["kind"] == "static"]
     dynamic = [p for p in points if p["kind"] == "dynamic"]
     assert [p["mean_layers"] for p in static] == [2, 4, 6]  # tiny: exits after layers 1, 3, 5

@@ -137,7 +137,8 @@ def test_multi_exit_loss_sums_aux_heads_and_both_strategies(tiny_inputs):
     loss = multi_exit_loss(model.head, model.aux_heads, features, target, torch.Generator().manual_seed(0))
     assert set(loss.parts) == {f"aux{k}" for k in range(1, E + 1)} | {"shared1", "shared2"}
     assert float(loss.total.detach()) == pytest.approx(sum(loss.parts.values()), rel=1e-6)
-    assert loss.parts["aux1"] == pytest.approx(float(action_loss(model.aux_heads[0](features[:, :, 0]), target)))
+    aux1 = action_loss(model.aux_heads[0](features[:, :, 0]), target)
+    assert loss.parts["aux1"] == pytest.approx(float(aux1.detach()))
     no_aux = multi_exit_loss(model.head, None, features, target, torch.Generator().manual_seed(0))
     assert set(no_aux.parts) == {"shared1", "shared2"}
     with pytest.raises(ValueError, match="aux heads"):

@@ -7,13 +7,13 @@ import torch
 
 from deer_ros.calvin.dataset import CalvinSplit
 from deer_ros.exits.controller import FixedExit
-from deer_ros.model.checkpoint import export_reference_layout, load_own, load_reference, read_file
+from deer_ros.model.checkpoint import export_reference_layout, load_reference, read_file
 from deer_ros.model.deer import build_model
 from deer_ros.model.policy import DeerPolicy
 from deer_ros.train.cli import train_main
 from deer_ros.train.data import WindowDataset
-from deer_ros.train.trainer import STATE_KEY, StageSettings, Trainer, exit_features, set_trainable
 from deer_ros.train.losses import multi_exit_loss
+from deer_ros.train.trainer import STATE_KEY, StageSettings, Trainer, exit_features, set_trainable
 
 SMALL_RUN = ["--window", "4", "--batch-size", "4", "--lr", "1e-3", "--warmup", "2", "--train-vision",
              "--train-llm", "--threads", "1", "--log-every", "100"]
@@ -60,6 +60,21 @@ def test_stages_freeze_the_right_parts(tiny_inputs):
     assert {n.split(".")[0] for n in set_trainable(model, StageSettings("joint", train_vision=True,
                                                                          train_llm=True))} >= {"vision", "blocks"}
     assert {n.split(".")[0] for n in set_trainable(model, StageSettings("head"))} == {"head", "aux_heads"}
+
+
+def test_schedule_warms_up_then_stays_or_decays(small_data, tiny_inputs):
+    model = _model(tiny_inputs[0])
+    for schedule in ("constant", "cosine"):
+        t = Trainer(model, small_data, StageSettings(epochs=4, batch_size=4, warmup_steps=2, schedule=schedule))
+        factors = [t.lr_factor(step) for step in range(t.total_steps + 1)]  # 12 steps
+        assert factors[:3] == [0.5, 1.0, 1.0]
+        if schedule == "constant":
+            assert set(factors[2:]) == {1.0}
+        else:
+            assert all(a > b for a, b in zip(factors[2:], factors[3:])) and factors[-1] == pytest.approx(0.0)
+            assert factors[7] == pytest.approx(0.5)  # half-way through the decay
+    with pytest.raises(ValueError, match="schedule"):
+        StageSettings(schedule="linear")
 
 
 def test_head_stage_changes_only_the_heads(small_data, tiny_inputs):
