@@ -117,6 +117,7 @@ def test_cli_refuses_bad_input(small_dataset, tmp_path, capsys):
 
 
 def test_exported_reference_layout_loads_back_with_identical_actions(tiny_inputs, sample_training, tmp_path):
+    from deer_ros.model.checkpoint import load_policy
     from deer_ros.model.tokenizer import load_tokenizer
 
     config = tiny_inputs[0]
@@ -133,8 +134,8 @@ def test_exported_reference_layout_loads_back_with_identical_actions(tiny_inputs
     for k, v in model.state_dict().items():
         assert torch.equal(v, loaded.state_dict()[k]), k
 
-    tok = load_tokenizer(config.tokenizer)
-    policies = [DeerPolicy(m, tok) for m in (model, loaded)]
+    # the node's loader reads the exported file too, by its reference keys alone
+    policies = [DeerPolicy(model, load_tokenizer(config.tokenizer)), load_policy(path, preset="tiny")]
     seg = sample_training.segments()[1]
     for k in (1, len(policies[0].exits)):
         for p in policies:
