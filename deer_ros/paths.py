@@ -34,3 +34,10 @@ def demo_checkpoint() -> Path:
 def demo_calibration() -> Path:
     """The calibration file of the demo checkpoint."""
     return data_dir() / "demo" / "tiny_demo_calibration.npz"
+
+
+def split_folder(dataset: str | Path, split: str) -> Path:
+    """A CALVIN split folder: `dataset` may be a root with training/ and validation/, or a split folder itself;
+    '' means the bundled sample."""
+    root = Path(dataset).expanduser() if str(dataset) else calvin_sample()
+    return root / split if (root / split).is_dir() else root

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from deer_ros.exits.criteria import CRITERIA, DEFAULT_CRITERION
+from deer_ros.paths import split_folder
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,13 +38,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _split_folder(dataset: str, split: str) -> Path:
-    from deer_ros.paths import calvin_sample
-
-    root = Path(dataset).expanduser() if dataset else calvin_sample()
-    return root / split if (root / split).is_dir() else root
-
-
 def calibrate_main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     out = Path(args.out).expanduser()
@@ -59,7 +53,7 @@ def calibrate_main(argv: list[str] | None = None) -> int:
     from deer_ros.paths import demo_checkpoint
 
     try:
-        split = CalvinSplit(_split_folder(args.dataset, args.split))
+        split = CalvinSplit(split_folder(args.dataset, args.split))
         checkpoint = Path(args.checkpoint).expanduser() if args.checkpoint else demo_checkpoint()
         policy = load_policy(checkpoint=args.checkpoint or None, preset=args.model, device=args.device,
                              dtype=args.dtype)

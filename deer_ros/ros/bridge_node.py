@@ -33,7 +33,7 @@ from deer_ros.calvin.evaluation import OpenLoopEvaluator
 from deer_ros.calvin.protocol import ProtocolError
 from deer_ros.calvin.sim import CalvinEnvMissing
 from deer_ros.msg import EndEffectorAction
-from deer_ros.paths import calvin_sample
+from deer_ros.paths import split_folder
 from deer_ros.ros.image import rgb_to_image
 from deer_ros.ros.node_main import run_node
 from deer_ros.ros.params import ParamSpec, check_changes, declare, values
@@ -82,12 +82,6 @@ def _stamp_key(stamp: TimeMsg) -> int:
     return stamp.sec * 1_000_000_000 + stamp.nanosec
 
 
-def resolve_split(dataset: str, split: str) -> Path:
-    """`dataset` may be a root with training/ and validation/ or a split folder itself."""
-    root = Path(dataset).expanduser() if dataset else calvin_sample()
-    return root / split if (root / split).is_dir() else root
-
-
 @dataclass
 class _Pending:
     """A published frame waiting for the policy's action."""
@@ -105,7 +99,7 @@ class CalvinBridgeNode(Node):
         self.add_on_set_parameters_callback(lambda ps: _result(check_changes(_SPECS, ps)))
         p = values(self, BRIDGE_PARAMETERS)
         self.mode = p["mode"]
-        self.split = CalvinSplit(resolve_split(p["dataset"], p["split"]))
+        self.split = CalvinSplit(split_folder(p["dataset"], p["split"]))
         self.segments = self.split.select_segments(p["segments"])
         self.sim = self._make_sim(p) if self.mode == "sim" else None
         self.evaluator = OpenLoopEvaluator()

@@ -18,6 +18,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from deer_ros.paths import split_folder
+
 log = logging.getLogger("deer_ros.train")
 
 
@@ -98,14 +100,6 @@ def calibration_path(args: argparse.Namespace) -> Path | None:
         return None
     out = Path(args.out).expanduser()
     return out.with_name(out.stem + "_calibration.npz") if args.calibrate == "auto" else Path(args.calibrate)
-
-
-def split_folder(dataset: str, split: str) -> Path:
-    """A dataset root's split folder, or `dataset` itself when it is already a split ('' = bundled sample)."""
-    from deer_ros.paths import calvin_sample
-
-    root = Path(dataset).expanduser() if dataset else calvin_sample()
-    return root / split if (root / split).is_dir() else root
 
 
 def initial_model(args: argparse.Namespace):
