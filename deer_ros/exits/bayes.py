@@ -1,8 +1,8 @@
 """Online threshold search (the paper's "DeeR w. online"): Bayesian optimisation of the thresholds under a budget.
 
-An evaluator maps thresholds to (score, average GFLOPs), score higher-is-better: the success rate of
-closed-loop rollouts, or, offline, minus the action error on recorded episodes (`OfflineEvaluator`). The
-search minimises
+An evaluator maps thresholds to (score, average GFLOPs), score higher-is-better: the average successful length of
+closed-loop LH-MTLC chains in the simulator (`ClosedLoopEvaluator`, the paper's setting), or, offline, minus the
+action error on recorded episodes (`OfflineEvaluator`). The search minimises
 
     -score + penalty * max(0, gflops / budget - 1)
 
@@ -173,3 +173,42 @@ class OfflineEvaluator:
                 sq_err.append((np.asarray(result.action[:6], np.float64) - np.asarray(rel_action[:6])) ** 2)
                 gflops.append(result.gflops)
         return -float(np.sqrt(np.mean(sq_err))), float(np.mean(gflops))
+
+
+class _ThresholdPolicy:
+    """A DeerPolicy under fixed thresholds, as the LH-MTLC protocol drives a policy (reset / act)."""
+
+    def __init__(self, policy: Any, decider: ExitController) -> None:
+        self.policy, self.decider = policy, decider
+
+    def reset(self) -> None:
+        self.policy.reset()
+
+    def act(self, obs: Any, instruction: str) -> Any:
+        return self.policy.step(obs.rgb_static, obs.rgb_gripper, instruction, self.decider)  # a StepResult
+
+
+class ClosedLoopEvaluator:
+    """Runs LH-MTLC chains in a simulator under given thresholds: score = average successful length (0-5),
+    and the mean GFLOPs over every step (the quantity `flops_budget` controls).
+
+    `env` is a `deer_ros.calvin.sim.CalvinSim` (or anything with its reset/start_subtask/step/subtask_done);
+    `sequences` are `deer_ros.calvin.protocol.EvalSequence`s, the same ones for every call so calls compare.
+    """
+
+    def __init__(self, policy: Any, env: Any, sequences: Sequence[Any], criterion: str = DEFAULT_CRITERION,
+                 max_exit: int | None = None, instructions: dict[str, str] | None = None,
+                 max_steps: int | None = None) -> None:
+        if not sequences:
+            raise ValueError("the closed-loop evaluator needs at least one evaluation sequence")
+        self.policy, self.env, self.sequences = policy, env, list(sequences)
+        self.criterion, self.max_exit, self.instructions, self.max_steps = criterion, max_exit, instructions, max_steps
+
+    def __call__(self, thresholds: np.ndarray) -> tuple[float, float]:
+        from deer_ros.calvin.protocol import SUBTASK_STEPS, lh_mtlc_metrics, run_lh_mtlc
+
+        controlled = _ThresholdPolicy(self.policy, ExitController(self.criterion, thresholds, self.max_exit))
+        results = run_lh_mtlc(self.env, controlled, self.sequences, self.instructions,
+                              self.max_steps or SUBTASK_STEPS)
+        metrics = lh_mtlc_metrics(results)
+        return float(metrics["avg_len"]), float(metrics["mean_gflops"] or 0.0)

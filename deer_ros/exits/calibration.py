@@ -119,6 +119,21 @@ class Calibration:
         return Calibration({k: v[:n] for k, v in self.values.items()}, self.exit_gflops[:n], self.exit_layers[:n],
                            self.segment, dict(self.meta))
 
+    def checkpoint_mismatch(self, checkpoint: str | os.PathLike) -> str | None:
+        """A warning when this calibration was made with another checkpoint file (by SHA-256), else None.
+
+        Reads the whole checkpoint, so call it once at start-up. None also when the calibration records no hash.
+        """
+        recorded = self.meta.get("checkpoint_sha256")
+        if not recorded:
+            return None
+        actual = file_sha256(checkpoint)
+        if actual == recorded:
+            return None
+        return (f"the calibration was made with checkpoint {self.meta.get('checkpoint', '?')} (sha256 "
+                f"{recorded[:12]}...), not {checkpoint} ({actual[:12]}...): its thresholds may miss the budget; "
+                "re-run `deer-ros calibrate` for this checkpoint")
+
     # ------------------------------------------------------------------ files
     def save(self, path: str | os.PathLike) -> Path:
         """Write the .npz (parents created); returns the path written."""

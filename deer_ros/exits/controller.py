@@ -223,7 +223,7 @@ class ExitBudget:
     """
 
     def __init__(self, exit_gflops: Sequence[float], calibration: Calibration | None = None,
-                 settings: BudgetSettings = BudgetSettings(), tracker_gain: float = 0.05,
+                 settings: BudgetSettings = BudgetSettings(), tracker_gain: float = 0.1,
                  window: int = 200, resolve_tolerance: float = 0.002) -> None:
         self.exit_gflops = np.asarray(exit_gflops, dtype=np.float64)
         self.calibration = calibration

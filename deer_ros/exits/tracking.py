@@ -20,7 +20,7 @@ import numpy as np
 class BudgetTracker:
     """Integral correction of the budget handed to the solver, from each step's realised GFLOPs."""
 
-    def __init__(self, budget: float, lo: float, hi: float, gain: float = 0.05) -> None:
+    def __init__(self, budget: float, lo: float, hi: float, gain: float = 0.1) -> None:
         if not gain > 0:
             raise ValueError(f"tracker gain must be > 0, got {gain}")
         self.gain = float(gain)

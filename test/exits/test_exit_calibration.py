@@ -93,3 +93,13 @@ def test_file_sha256(tmp_path):
     f = tmp_path / "ckpt.bin"
     f.write_bytes(b"abc")
     assert file_sha256(f) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+
+
+def test_checkpoint_mismatch_compares_the_recorded_hash(tmp_path):
+    ckpt = tmp_path / "a.pt"
+    ckpt.write_bytes(b"weights")
+    cal = make(checkpoint=str(ckpt), checkpoint_sha256=file_sha256(ckpt))
+    assert cal.checkpoint_mismatch(ckpt) is None
+    ckpt.write_bytes(b"retrained weights")
+    assert "re-run `deer-ros calibrate`" in cal.checkpoint_mismatch(ckpt)
+    assert make().checkpoint_mismatch(ckpt) is None  # nothing recorded: nothing to compare

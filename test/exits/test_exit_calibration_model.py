@@ -88,3 +88,45 @@ def test_offline_evaluator_scores_the_pose_error_and_the_compute_actually_spent(
         assert all(r.exit_index == exit_index for r in results)
     with pytest.raises(ValueError, match="at least one recorded segment"):
         OfflineEvaluator(policy, [])
+
+
+class StepsEnv:
+    """A stand-in simulator with the SubtaskEnv interface (deer_ros.calvin.protocol): observations are real
+    sample frames; a subtask counts as done after `done_after` steps. It only exercises the plumbing."""
+
+    def __init__(self, frames, done_after: int):
+        from deer_ros.calvin.protocol import SimObservation
+
+        self.obs = [SimObservation(f.rgb_static, f.rgb_gripper, np.zeros(15), np.zeros(24)) for f in frames]
+        self.done_after, self.steps, self.subtasks = done_after, 0, 0
+
+    def reset(self, robot_obs, scene_obs):
+        return self.obs[0]
+
+    def start_subtask(self):
+        self.steps, self.subtasks = 0, self.subtasks + 1
+
+    def step(self, action):
+        self.steps += 1
+        return self.obs[self.steps % len(self.obs)], np.asarray(action)
+
+    def subtask_done(self, task):
+        return self.steps >= self.done_after
+
+
+def test_closed_loop_evaluator_runs_chains_under_the_thresholds(policy, split):
+    from deer_ros.calvin.protocol import EvalSequence
+    from deer_ros.exits.bayes import ClosedLoopEvaluator
+
+    state = {"led": 0, "lightbulb": 1, "slider": "right", "drawer": "closed", "red_block": "table",
+             "blue_block": "slider_right", "pink_block": "slider_left", "grasped": 0}
+    chain = EvalSequence(state, ("open_drawer", "turn_on_led", "move_slider_left", "lift_red_block_table",
+                                 "stack_block"))
+    env = StepsEnv(list(split.frames(split.segments()[0]))[:4], done_after=2)
+    evaluate = ClosedLoopEvaluator(policy, env, [chain])
+    n = len(policy.exits)
+    avg_len, gflops_first = evaluate(np.full(n, 1e8))  # every step stops at exit 1
+    assert avg_len == 5.0 and env.subtasks == 5
+    _, gflops_last = evaluate(np.full(n, -1.0))  # every step runs to the last exit
+    # same prompts, 1 vs n exits' worth of layers: the cost ratio is the exits' nominal ratio
+    assert gflops_last / gflops_first == pytest.approx(policy.exits[-1].gflops / policy.exits[0].gflops)
