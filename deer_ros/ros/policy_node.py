@@ -285,7 +285,9 @@ class DeerPolicyNode(LifecycleNode):
                     self.get_logger().error(self._last_error, throttle_duration_sec=2.0)
 
     def _act(self, pair: Pair) -> None:
-        age_s = (self.get_clock().now().nanoseconds - pair.stamp_ns) / 1e9
+        now_ns = self.get_clock().now().nanoseconds
+        # Under sim time the clock reads 0 until the first /clock: staleness cannot be judged yet.
+        age_s = (now_ns - pair.stamp_ns) / 1e9 if now_ns else 0.0
         if age_s > self._param("camera_timeout_s"):
             self._counts["stale_pairs"] += 1
             return

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import signal
+import time
 
 import numpy as np
 import pytest
@@ -55,12 +56,21 @@ class PolicyDriver:
         return stamp
 
     def act(self, t: float, timeout: float = 30.0) -> EndEffectorAction:
-        """Send one pair at sim time t and wait for its action."""
-        stamp = self.tick(t)
-        key = (stamp.sec, stamp.nanosec)
-        self.probe.spin_until(lambda: any((a.header.stamp.sec, a.header.stamp.nanosec) == key
-                                          for a in self.actions), timeout, f"an action for t={t}")
-        return next(a for a in self.actions if (a.header.stamp.sec, a.header.stamp.nanosec) == key)
+        """Send one pair at sim time t and wait for its action, re-sending it every 2 s like the bridge does:
+        /clock and the images travel on different topics, so the node may judge a pair against a clock that
+        has not caught up yet (stale, or from before the first /clock) and drop it once."""
+        key = None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            stamp = self.tick(t)
+            key = (stamp.sec, stamp.nanosec)
+            try:
+                self.probe.spin_until(lambda: any((a.header.stamp.sec, a.header.stamp.nanosec) == key
+                                                  for a in self.actions), 2.0, f"an action for t={t}")
+                return next(a for a in self.actions if (a.header.stamp.sec, a.header.stamp.nanosec) == key)
+            except TimeoutError:
+                continue
+        raise TimeoutError(f"no action for t={t} within {timeout:.0f} s")
 
     def call(self, client, request, timeout: float = 20.0):
         self.probe.spin_until(client.service_is_ready, timeout, f"service {client.srv_name}")
