@@ -73,6 +73,12 @@ _SPECS = {spec.name: spec for spec in POLICY_PARAMETERS}
 LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
 
+def _budget_changes(params) -> dict:
+    """The budget parameters among `params`, as plain values for ExitBudget.check/apply."""
+    return {p.name: (list(p.value) if _SPECS[p.name].kind is list else p.value)
+            for p in params if p.name in BUDGET_PARAMETERS}
+
+
 class DeerPolicyNode(LifecycleNode):
     def __init__(self, **kwargs) -> None:
         super().__init__(NODE_NAME, **kwargs)
@@ -255,8 +261,7 @@ class DeerPolicyNode(LifecycleNode):
     def _validate_parameters(self, params) -> SetParametersResult:
         """Refuse a bad change with a reason; no side effects here (rclpy applies nothing on refusal)."""
         reason = check_changes(_SPECS, params)
-        changes = {p.name: (list(p.value) if _SPECS[p.name].kind is list else p.value)
-                   for p in params if p.name in BUDGET_PARAMETERS}
+        changes = _budget_changes(params)
         if reason is None and changes and self._budget is not None:
             reason = self._budget.check(changes)
         return SetParametersResult(successful=reason is None, reason=reason or "")
@@ -265,8 +270,7 @@ class DeerPolicyNode(LifecycleNode):
         names = {p.name for p in params}
         if "pair_slop_s" in names:
             self._pairer.slop_ns = int(self._param("pair_slop_s") * 1e9)
-        changes = {p.name: (list(p.value) if _SPECS[p.name].kind is list else p.value)
-                   for p in params if p.name in BUDGET_PARAMETERS}
+        changes = _budget_changes(params)
         if changes and self._budget is not None:
             with self._model_lock:
                 self._budget.apply(changes)
