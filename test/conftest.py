@@ -8,12 +8,8 @@ from __future__ import annotations
 
 import random
 import signal
-from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[1]
-SAMPLE = REPO / "data" / "calvin_sample"
 
 
 @pytest.fixture

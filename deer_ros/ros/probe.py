@@ -38,12 +38,6 @@ class Probe:
         self.node.create_subscription(msg_type, topic, received.append, qos)
         return received
 
-    def wait_for_publisher(self, topic: str, timeout: float = 30.0) -> None:
-        self.spin_until(lambda: self.node.count_publishers(topic) > 0, timeout, f"a publisher on {topic}")
-
-    def wait_for_subscriber(self, topic: str, timeout: float = 30.0) -> None:
-        self.spin_until(lambda: self.node.count_subscribers(topic) > 0, timeout, f"a subscriber on {topic}")
-
     def close(self) -> None:
         import rclpy
 
