@@ -1,9 +1,9 @@
 """Launch files cannot run here (no `launch` package from pip), so check statically what they reference:
-every executable is installed by setup.py and CMakeLists.txt, every params file exists and sets only declared
+every executable is installed by pyproject.toml and CMakeLists.txt, every params file exists and sets only declared
 parameters, every parameter a Node action sets is declared by that node, every LaunchConfiguration is declared.
 """
 import ast
-import re
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -40,13 +40,13 @@ def test_both_launch_files_exist():
 @pytest.mark.parametrize("path", LAUNCH_FILES, ids=lambda p: p.name)
 def test_launch_file_references_exist(path: Path):
     tree = ast.parse(path.read_text())
-    console_scripts = re.findall(r'"([\w-]+) = deer_ros', (REPO / "setup.py").read_text())
+    console_scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
     cmake = (REPO / "CMakeLists.txt").read_text()
     nodes = _node_calls(tree)
     assert nodes, "a launch file must start at least one node"
     for call in nodes:
         exe = _kwarg(call, "executable").value
-        assert exe in console_scripts, f"{exe} is not a console script in setup.py"
+        assert exe in console_scripts, f"{exe} is not a console script in pyproject.toml"
         assert f"scripts/{exe}" in cmake and (REPO / "scripts" / exe).exists(), f"{exe} not installed by CMake"
         params = _kwarg(call, "parameters")
         yaml_files = [s for s in _strings(tree) if s.endswith(".yaml")]

@@ -141,14 +141,14 @@ def head_without_onednn(policy: DeerPolicy, frames: Sequence[BenchFrame], steps:
         f = next(stream)
         w = warmup if i == 0 else 0  # warm both variants up once; these steps are whole last-exit steps
 
-        def without_onednn(s: int, decide: ExitDecider) -> None:
+        def without_onednn(s: int, decide: ExitDecider, f=f) -> None:
             with warnings.catch_warnings():
                 # torch warns that oneDNN TF32 is for Intel GPUs when the flags are set: irrelevant here
                 warnings.filterwarnings("ignore", message=".*TF32 acceleration on top of oneDNN.*")
                 with torch.backends.mkldnn.flags(enabled=False):
                     step("after", f, decide)
 
-        before += _stage_times(policy, lambda s, decide: step("before", f, decide), last, "head", 1, w)
+        before += _stage_times(policy, lambda s, decide, f=f: step("before", f, decide), last, "head", 1, w)
         after += _stage_times(policy, without_onednn, last, "head", 1, w)
     diff = max(float(abs(a - b).max()) for a, b in zip(actions["before"], actions["after"]))
     row = measured_gain("head_without_onednn", "LSTM head with oneDNN off (CPU; not applied, see notes)",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from deer_ros.dependencies import pyplot
 from pathlib import Path
 
 TARGET_RATIO_ERROR = 0.10  # LLM time ratio within 10% of the FLOPs ratio (design.md section 4)
@@ -161,10 +162,7 @@ def _mem_pair(rows: list[dict] | None, dtype: str) -> str:
 
 # ---------------------------------------------------------------------------------------------- plots
 def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot("the benchmark plots")
 
     return plt
 

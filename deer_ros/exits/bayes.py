@@ -25,6 +25,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
+from deer_ros.dependencies import require
 from deer_ros.exits.controller import ExitController
 from deer_ros.exits.criteria import DEFAULT_CRITERION
 from deer_ros.exits.solver import ALWAYS, resolve_max_exit
@@ -105,7 +106,8 @@ def search_thresholds(evaluator: Evaluator, init_thresholds: Sequence[float], bu
     `init_thresholds` (n_exits,) is evaluated first and centres the default box (`search_box`). `n_calls`
     counts all evaluations, logged ones included.
     """
-    from skopt import Optimizer  # imported here: scikit-optimize is slow to import
+    # imported here: scikit-optimize is slow to import, and an extra (deer_ros[search])
+    Optimizer = require("skopt", "the Bayesian threshold search").Optimizer
 
     init = np.asarray(init_thresholds, dtype=np.float64)
     cap = resolve_max_exit(max_exit, len(init))

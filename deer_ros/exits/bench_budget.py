@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from deer_ros.dependencies import pyplot
 from deer_ros.exits import solver
 from deer_ros.exits.bayes import OfflineEvaluator, RecordedSegment, search_thresholds
 from deer_ros.exits.calibration import Calibration, collect_calibration
@@ -128,10 +129,7 @@ def solver_timings(n_exits: int = 6, gflops: np.ndarray = DEER_B_GFLOPS, n: int 
 
 def plot(rows: list[dict], n_exits: int, path: Path) -> None:
     """Grouped bars: share of actions per exit, one bar per budget; calibration / held-out x tracking off / on."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot("the budget benchmark plot")
 
     fig, axes = plt.subplots(2, 2, figsize=(11, 7), sharex=True, sharey=True)
     budgets = sorted({r["budget"] for r in rows})

@@ -187,7 +187,8 @@ def map_hf_mpt(state: dict[str, torch.Tensor], config: DeerConfig, source: str =
         else:
             out.unknown.append(k)
     if not out.tensors:
-        raise CheckpointError(source, hint="no MPT blocks found: expected keys like 'transformer.blocks.0.attn.Wqkv.weight'")
+        raise CheckpointError(source, hint="no MPT blocks found: expected keys like "
+                                           "'transformer.blocks.0.attn.Wqkv.weight'")
     return out
 
 
@@ -261,7 +262,8 @@ def _mlp_groups(keys: dict[str, Any], prefix: str) -> list[tuple[int, str]]:
     return sorted(groups.items())
 
 
-def remap_head(src: dict[str, torch.Tensor], target: dict[str, tuple[int, ...]], source: str) -> dict[str, torch.Tensor]:
+def remap_head(src: dict[str, torch.Tensor], target: dict[str, tuple[int, ...]],
+               source: str) -> dict[str, torch.Tensor]:
     """Map a reference head onto our layout: LSTM names as they are, MLP modules by their order.
 
     The MLP Sequential index of each Linear/LayerNorm depends on the dropout_mode and layernorm flags of the

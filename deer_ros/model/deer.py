@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from deer_ros.dependencies import require
 from deer_ros.model.config import DeerConfig
 from deer_ros.model.head import ActionHead
 from deer_ros.model.mpt import MPTBlock, causal_alibi_bias
@@ -25,7 +26,8 @@ from deer_ros.model.vision import build_vision_tower, patch_tokens
 class DeerModel(nn.Module):
     def __init__(self, config: DeerConfig, max_exit: int | None = None):
         super().__init__()
-        from open_flamingo.src.helpers import GatedCrossAttentionBlock, PerceiverResampler
+        helpers = require("open_flamingo.src.helpers", "the DeeR model (perceiver, gated cross-attention)")
+        GatedCrossAttentionBlock, PerceiverResampler = helpers.GatedCrossAttentionBlock, helpers.PerceiverResampler
 
         c = self.config = config
         self.max_exit = max_exit

@@ -60,7 +60,8 @@ class StampPairer:
             # Frames older than the match can never pair with anything newer: drop them.
             while other and other[0][0] <= match[0]:
                 other.popleft()
-            static, gripper = ((stamp_ns, image, frame_id), match) if camera == STATIC else (match, (stamp_ns, image, frame_id))
+            this = (stamp_ns, image, frame_id)
+            static, gripper = (this, match) if camera == STATIC else (match, this)
             if self._pending is not None:
                 self.stats.dropped += 1
             self._pending = Pair(static[0], static[1], gripper[1], received_ns, static[2])

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+from deer_ros.dependencies import pyplot
 
 
 @dataclass
@@ -130,10 +131,7 @@ def table(points: Sequence[CurvePoint]) -> str:
 
 def plot(panels: dict[str, Sequence[CurvePoint]], baselines: dict[str, float], path: Path, title: str) -> Path:
     """One panel per split: the static exits (line + markers), the dynamic budgets and the constant baseline."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot("the accuracy-compute plot")
 
     fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.2), squeeze=False)
     for ax, (name, points) in zip(axes[0], panels.items()):

@@ -33,7 +33,8 @@ def test_round_trip_of_the_validation_split(sample_root, tmp_path):
     for index in range(first, first + len(source)):
         _assert_same_frame(copy.frame(index), source.frame(index))
     # The files themselves have the sample's layout: same keys, dtypes and shapes, and the same index arrays.
-    with np.load(out / frame_filename(first)) as mine, np.load(sample_root / "validation" / frame_filename(first)) as ref:
+    reference = sample_root / "validation" / frame_filename(first)
+    with np.load(out / frame_filename(first)) as mine, np.load(reference) as ref:
         assert {k: (mine[k].dtype, mine[k].shape) for k in mine.files} == \
                {k: (ref[k].dtype, ref[k].shape) for k in ref.files}
     for name in (EPISODE_IDS_FILE, EPISODE_LENGTHS_FILE):

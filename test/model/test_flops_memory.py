@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -16,10 +17,37 @@ from deer_ros.model.vision import patch_tokens
 from model_fixtures import tiny_model
 
 
+# Fused scaled-dot-product attention kernels that torch may dispatch to. Whether FlopCounterMode has a formula
+# for each of them changes between releases (2.14.1 counts nothing for the CPU kernel, 2.15.0 does), so the
+# counter is given one: the two batched products softmax(Q K^T) V, from the shapes the op is actually called with
+# (B, H, L, E) x (B, H, S, E) x (B, H, S, Ev). Everything else is counted by torch's own formulas.
+_SDPA_OPS = ("_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_flash_attention",
+             "_scaled_dot_product_efficient_attention", "_scaled_dot_product_cudnn_attention",
+             "_scaled_dot_product_fused_attention_overrideable")
+
+
+def _attention_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    *batch, length, embed = query_shape
+    sources, value_embed = key_shape[-2], value_shape[-1]
+    heads = math.prod(batch)
+    return 2 * heads * length * sources * embed + 2 * heads * length * sources * value_embed
+
+
+ATTENTION_FORMULAS = {getattr(torch.ops.aten, name).default: _attention_flops
+                      for name in _SDPA_OPS if hasattr(torch.ops.aten, name)}
+
+
 def counted(fn) -> int:
-    with FlopCounterMode(display=False) as fc:
+    with FlopCounterMode(display=False, custom_mapping=ATTENTION_FORMULAS) as fc:
         fn()
     return fc.get_total_flops()
+
+
+def test_attention_formula_counts_the_two_products():
+    """The formula given to the counter, against the unfused computation that torch counts by itself."""
+    q, k, v = torch.randn(2, 3, 5, 4), torch.randn(2, 3, 7, 4), torch.randn(2, 3, 7, 6)
+    fused = counted(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v))
+    assert fused == counted(lambda: torch.softmax(q @ k.transpose(-1, -2) / 2.0, -1) @ v) > 0
 
 
 @pytest.mark.parametrize("tokens", [1, 7, 11, 32])
@@ -32,7 +60,7 @@ def test_llm_layer_cost_matches_torch_flop_counter(tokens):
     locations[:, 0] = True
     bias = model.attn_bias(tokens)
     for i in range(model.n_layers):  # torch counts FLOPs = 2 * MACs
-        assert counted(lambda: model.layer(i, x, media, locations, bias)) == 2 * 2 * F.layer_macs(c, i, tokens)
+        assert counted(lambda i=i: model.layer(i, x, media, locations, bias)) == 2 * 2 * F.layer_macs(c, i, tokens)
 
 
 def test_layers_without_cross_attention_cost_only_the_block():
@@ -42,7 +70,7 @@ def test_layers_without_cross_attention_cost_only_the_block():
     x, media = torch.randn(1, 9, c.d_model), torch.randn(1, 1, c.visual_tokens, c.vision_width)
     loc = torch.ones(1, 9, dtype=torch.bool)
     for i in (0, 1):
-        assert counted(lambda: model.layer(i, x, media, loc, model.attn_bias(9))) == 2 * F.layer_macs(c, i, 9)
+        assert counted(lambda i=i: model.layer(i, x, media, loc, model.attn_bias(9))) == 2 * F.layer_macs(c, i, 9)
 
 
 def test_vision_perceiver_and_head_costs_match_torch():

@@ -57,7 +57,7 @@ def test_dynamic_exit_equals_fixed_exit_path(tiny_tokenizer, frames):
         r = dynamic.step(static, gripper, INSTRUCTION, rms_decider(threshold, log))
         seen: list = []
         r_fixed = replay.step(static, gripper, INSTRUCTION,
-                              lambda c, k=r.exit_index: seen.append(c.feature.clone()) or c.index == k)
+                              lambda c, k=r.exit_index, seen=seen: seen.append(c.feature.clone()) or c.index == k)
         chosen.append(r.exit_index)
         assert r_fixed.exit_index == r.exit_index and r_fixed.layers == r.layers
         np.testing.assert_array_equal(r_fixed.action, r.action)

@@ -65,7 +65,7 @@ class PolicyDriver:
             stamp = self.tick(t)
             key = (stamp.sec, stamp.nanosec)
             try:
-                self.probe.spin_until(lambda: any((a.header.stamp.sec, a.header.stamp.nanosec) == key
+                self.probe.spin_until(lambda key=key: any((a.header.stamp.sec, a.header.stamp.nanosec) == key
                                                   for a in self.actions), 2.0, f"an action for t={t}")
                 return next(a for a in self.actions if (a.header.stamp.sec, a.header.stamp.nanosec) == key)
             except TimeoutError:
