@@ -39,8 +39,22 @@ def locked() -> dict[str, str]:
     return pins
 
 
-def installed() -> dict[str, str]:
-    return {canonical(d.metadata["Name"]): d.version for d in metadata.distributions() if d.metadata["Name"]}
+def installed(want: dict[str, str]) -> dict[str, str]:
+    """Installed distributions, less those that a locked wheel carries inside itself.
+
+    The ROS 2 wheels (ros-rclpy, ros-std-msgs, ...) each ship the egg-info of the package they wrap (rclpy,
+    std_msgs, ...); those are files of a locked distribution, not packages of their own.
+    """
+    dists = [d for d in metadata.distributions() if d.metadata["Name"]]
+    carried = set()
+    for d in dists:
+        if canonical(d.metadata["Name"]) in want:
+            for file in d.files or ():
+                top = file.parts[0]
+                if top.endswith((".egg-info", ".dist-info")):
+                    carried.add(canonical(top.split("-")[0]))
+    have = {canonical(d.metadata["Name"]): d.version for d in dists}
+    return {name: version for name, version in have.items() if name in want or name not in carried}
 
 
 def differences(want: dict[str, str], have: dict[str, str]) -> list[str]:
@@ -57,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--versions", action="store_true", help="print the key versions first")
     parser.add_argument("--extras", action="store_true", help="print only the unlocked distributions' names")
     args = parser.parse_args(argv)
-    want, have = locked(), installed()
+    want = locked()
+    have = installed(want)
     if args.extras:
         print("\n".join(name for name in sorted(have) if name not in want and name != OWN))
         return 0

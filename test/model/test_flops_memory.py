@@ -33,7 +33,7 @@ def _attention_flops(query_shape, key_shape, value_shape, *args, out_shape=None,
     return 2 * heads * length * sources * embed + 2 * heads * length * sources * value_embed
 
 
-ATTENTION_FORMULAS = {getattr(torch.ops.aten, name).default: _attention_flops
+ATTENTION_FORMULAS = {getattr(torch.ops.aten, name): _attention_flops
                       for name in _SDPA_OPS if hasattr(torch.ops.aten, name)}
 
 
