@@ -27,13 +27,13 @@ def calvin_sample() -> Path:
 
 
 def demo_checkpoint() -> Path:
-    """The bundled tiny demo checkpoint (trained by `deer-ros train`, see README)."""
-    return data_dir() / "demo" / "tiny_demo.pt"
+    """The bundled tiny demo model folder (made by scripts/make_demo_model.sh, see README)."""
+    return data_dir() / "demo" / "tiny_demo"
 
 
 def demo_calibration() -> Path:
-    """The calibration file of the demo checkpoint."""
-    return data_dir() / "demo" / "tiny_demo_calibration.npz"
+    """The calibration file of the demo model (inside its folder)."""
+    return demo_checkpoint() / "calibration.npz"
 
 
 def split_folder(dataset: str | Path, split: str) -> Path:

@@ -127,6 +127,7 @@ def save_folder(model_or_policy: Any, out: str | os.PathLike, *, tokenizer: str 
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     weights = out / WEIGHTS_FILE
     save_file(state, str(weights), metadata={"format": FOLDER_FORMAT})
+    weights.chmod(0o644)  # safetensors creates it owner-only; a model folder is shared (colcon install, robots)
     config = {**model.config.to_dict(), "tokenizer": TOKENIZER_DIR}
     info = {"format": FOLDER_FORMAT, "version": FOLDER_VERSION, "config": config,
             "built_exits": len(model.exit_layers), "weights": WEIGHTS_FILE, "weights_sha256": file_sha256(weights),
