@@ -40,4 +40,10 @@ def split_folder(dataset: str | Path, split: str) -> Path:
     """A CALVIN split folder: `dataset` may be a root with training/ and validation/, or a split folder itself;
     '' means the bundled sample."""
     root = Path(dataset).expanduser() if str(dataset) else calvin_sample()
-    return root / split if (root / split).is_dir() else root
+    if (root / split).is_dir():
+        return root / split
+    other = {"training": "validation", "validation": "training"}.get(split)
+    if root.name == other:
+        raise ValueError(f"split '{split}' contradicts the dataset folder {root}, which is the {other} split: "
+                         f"give the dataset root (with training/ and validation/) or ask for split '{other}'")
+    return root

@@ -86,7 +86,9 @@ def convert(out: str | Path | None, *, deer: str | Path | dict | None = None, ch
         cal = Calibration.load(calibration)
         result.calibration_from = str(calibration)
     elif isinstance(result.cached_values, np.ndarray):
-        cal = _cached_calibration(result.cached_values, config, model, str(deer))
+        from deer_ros.exits.calibration_reference import cached_calibration
+
+        cal = cached_calibration(result.cached_values, config, str(deer))
         result.calibration_from = f"the values cached in {deer}"
     if cal is not None:
         cal.for_exits([layer + 1 for layer in config.exit_layers[: len(_built_exits(config, max_exit))]])
@@ -146,20 +148,6 @@ def _from_released(deer, preset, vision_weights, mpt_weights, openflamingo, exit
 
 def _built_exits(config: DeerConfig, max_exit: int | None) -> list[int]:
     return config.exit_layers[:max_exit] if max_exit else config.exit_layers
-
-
-def _cached_calibration(values: np.ndarray, config: DeerConfig, model: DeerModel | None, source: str):
-    """The reference's cached value matrix (one row per exit, RMS pose distance = our action_consistency)."""
-    from deer_ros.exits.calibration import Calibration
-    from deer_ros.model.flops import exit_costs
-
-    costs = exit_costs(config)
-    if values.ndim != 2 or values.shape[0] != len(costs):
-        raise CheckpointError(source, hint=f"its cached 'values' have shape {values.shape}, expected "
-                                           f"({len(costs)}, N): one row per exit; convert with --calibration instead")
-    return Calibration({"action_consistency": values}, [c.gflops for c in costs], [c.layers for c in costs],
-                       np.full(values.shape[1], -1), {"mode": "reference", "source": f"values cached in {source}",
-                                                      "model": config.name})
 
 
 def _check_tokenizer(tokenizer: str | Path, config: DeerConfig) -> None:

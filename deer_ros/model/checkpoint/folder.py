@@ -13,7 +13,6 @@ hashed at start-up.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -26,6 +25,7 @@ from deer_ros.model.checkpoint.errors import CheckpointError
 from deer_ros.model.checkpoint.own import load_built, unwrap
 from deer_ros.model.config import BUNDLED_TOKENIZER, DeerConfig
 from deer_ros.model.deer import DeerModel
+from deer_ros.model.fingerprint import checkpoint_fingerprint, file_sha256  # noqa: F401 - re-exported
 
 FOLDER_FORMAT = "deer_ros.model"
 FOLDER_VERSION = 1
@@ -158,28 +158,3 @@ def copy_tokenizer(source: str | os.PathLike, dest: Path) -> None:
     dest.mkdir(parents=True)
     for f in files:
         shutil.copy2(f, dest / f.name)
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """Hex SHA-256 of a file, read in chunks (weights are GBs: done once, when a folder is written)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def checkpoint_fingerprint(checkpoint: str | os.PathLike) -> str:
-    """A cheap identity of a checkpoint: a folder's recorded weights_sha256; for a single file, SHA-256 of its
-    size and 17 evenly spaced 64 KiB samples (milliseconds for any size; changes when the file is rewritten)."""
-    path = Path(checkpoint).expanduser()
-    if path.is_dir():
-        return open_folder(path).fingerprint
-    size = path.stat().st_size
-    digest = hashlib.sha256(str(size).encode())
-    chunk = 1 << 16
-    with open(path, "rb") as f:
-        for i in range(17):
-            f.seek(max(0, (size - chunk) * i // 16))
-            digest.update(f.read(chunk))
-    return "sampled:" + digest.hexdigest()
