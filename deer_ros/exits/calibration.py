@@ -271,8 +271,9 @@ def calibration_for(checkpoint: str | os.PathLike, calibration: str | os.PathLik
 
 
 def _folder_calibration(model: Path) -> Path | None:
+    """A model folder's calibration: the one its config.json names, else a calibration.npz put beside it."""
     try:
-        name = json.loads((model / "config.json").read_text()).get("calibration")
+        name = json.loads((model / "config.json").read_text()).get("calibration") or "calibration.npz"
     except (OSError, ValueError):
         return None
-    return model / name if name else None
+    return model / name if (model / name).is_file() else None
