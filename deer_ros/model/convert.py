@@ -19,8 +19,7 @@ import numpy as np
 import torch
 
 from deer_ros.model.checkpoint import (Assembly, CheckpointError, Mapped, ModelFolder, assemble,
-                                       config_from_reference, is_model_folder, load_folder, load_own, read_file,
-                                       reference_sources, save_folder)
+                                       config_from_reference, load_own, read_file, reference_sources, save_folder)
 from deer_ros.model.config import PRESETS, DeerConfig
 from deer_ros.model.deer import DeerModel, build_model
 
@@ -103,14 +102,11 @@ def convert(out: str | Path | None, *, deer: str | Path | dict | None = None, ch
 
 
 def _from_own(path: Path, max_exit: int | None) -> tuple[Conversion, DeerModel]:
-    if is_model_folder(path):
-        model, folder = load_folder(path, max_exit)
-        tensors = Mapped(str(folder.weights), read=len(model.state_dict()))
-    else:
-        data = read_file(path)
-        model = load_own(data, max_exit, str(path))
-        tensors = Mapped(str(path), read=len(data["model_state_dict"]))
-    tensors.tensors = dict(model.state_dict())
+    data = read_file(path)  # a model folder reads as our own format too
+    if data.get("format") != "deer_ros":
+        raise ValueError(f"--checkpoint {path} is not one of our checkpoints: pass released files with --deer")
+    model = load_own(data, max_exit, str(path))
+    tensors = Mapped(str(path), dict(model.state_dict()), read=len(data["model_state_dict"]))
     return Conversion(model.config, [tensors], None, len(tensors.tensors)), model
 
 

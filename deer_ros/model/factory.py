@@ -3,8 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from deer_ros.model.checkpoint import (config_from_reference, is_model_folder, is_own_format, load_folder, load_own,
-                                       load_reference, read_file)
+from deer_ros.model.checkpoint import config_from_reference, is_own_format, load_own, load_reference, read_file
 from deer_ros.model.config import DeerConfig
 
 
@@ -45,13 +44,8 @@ def load_policy(checkpoint: str | Path | None = None, preset: str | None = "tiny
 
     check_dtype(dtype)
     path = resolve_checkpoint(checkpoint, preset)
-    folder = is_model_folder(path)
-    data = None if folder else read_file(path)
-    if folder:
-        from deer_ros.model.checkpoint import open_folder
-
-        config = open_folder(path).config
-    elif is_own_format(data):
+    data = read_file(path)  # a model folder reads as our own format
+    if is_own_format(data):
         config = DeerConfig.from_dict(data["config"])
     else:  # a DeeR .pth: vision/perceiver sizes from the preset, the rest from the file
         config = config_from_reference(data, DeerConfig.preset(preset) if preset else None, str(path),
@@ -62,9 +56,7 @@ def load_policy(checkpoint: str | Path | None = None, preset: str | None = "tiny
     caps = [k for k in (max_exit, max_exit_for_budget(config, memory_budget_mb, dtype) if memory_budget_mb else None)
             if k is not None]
     cap = min(caps) if caps else None
-    if folder:
-        model = load_folder(path, cap)[0]
-    elif is_own_format(data):
+    if is_own_format(data):
         model = load_own(data, cap, str(path))
     else:
         model = load_reference(data, config=config, vision_weights=vision_weights, mpt_weights=mpt_weights,

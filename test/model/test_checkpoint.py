@@ -197,14 +197,20 @@ def test_deer_pth_errors_are_specific(tmp_path):
     assert "vision <- CLIP weights" in str(err.value)
 
 
-def test_deer_pth_with_separate_clip_and_mpt_weights_and_max_exit(tmp_path):
-    model = tiny_model()
+def write_released(model: DeerModel, folder) -> dict:
+    """The model as three released files in `folder`: deer.pth (no CLIP, no MPT blocks), clip.bin, mpt/ (HF)."""
     data = deer_pth(model, with_vision=False)
     data["model_state_dict"] = {k: v for k, v in data["model_state_dict"].items() if "decoder_blocks" not in k}
-    torch.save(data, tmp_path / "deer.pth")
-    torch.save(clip_state(model), tmp_path / "clip.bin")
-    (tmp_path / "mpt").mkdir()
-    torch.save(mpt_state(model), tmp_path / "mpt" / "pytorch_model.bin")
+    torch.save(data, folder / "deer.pth")
+    torch.save(clip_state(model), folder / "clip.bin")
+    (folder / "mpt").mkdir()
+    torch.save(mpt_state(model), folder / "mpt" / "pytorch_model.bin")
+    return data
+
+
+def test_deer_pth_with_separate_clip_and_mpt_weights_and_max_exit(tmp_path):
+    model = tiny_model()
+    write_released(model, tmp_path)
     loaded = ck.load_reference(tmp_path / "deer.pth", base=TINY, vision_weights=tmp_path / "clip.bin",
                                mpt_weights=tmp_path / "mpt", max_exit=2)
     assert loaded.n_layers == 4

@@ -14,19 +14,14 @@ from deer_ros.model.checkpoint import is_model_folder, load_folder, open_folder,
 from deer_ros.model.convert import convert_main
 from deer_ros.model.factory import load_policy
 from model_fixtures import tiny_model
-from test_checkpoint import assert_same_weights, clip_state, deer_pth, mpt_state
+from test_checkpoint import assert_same_weights, write_released
 
 
 @pytest.fixture()
 def released(tmp_path):
     """A tiny model written as the released files: DeeR .pth without CLIP or MPT blocks, CLIP, HF MPT."""
     model = tiny_model()
-    data = deer_pth(model, with_vision=False)
-    data["model_state_dict"] = {k: v for k, v in data["model_state_dict"].items() if "decoder_blocks" not in k}
-    torch.save(data, tmp_path / "deer.pth")
-    torch.save(clip_state(model), tmp_path / "clip.bin")
-    (tmp_path / "mpt").mkdir()
-    torch.save(mpt_state(model), tmp_path / "mpt" / "pytorch_model.bin")
+    data = write_released(model, tmp_path)
     args = ["--preset", "tiny", "--deer", str(tmp_path / "deer.pth"), "--vision-weights", str(tmp_path / "clip.bin"),
             "--mpt-weights", str(tmp_path / "mpt")]
     return model, args, data

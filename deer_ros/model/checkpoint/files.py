@@ -16,10 +16,13 @@ def read_file(path: str | Path, trust_pickle: bool = False) -> dict[str, Any]:
     """A checkpoint file or Hugging Face model directory as a dict (tensors, and config values where present).
 
     torch files load with weights_only=True unless `trust_pickle` (only for files you trust: pickles run code).
+    A deer_ros model folder reads as our single-file dict (format 'deer_ros'), so callers need not tell them apart.
     """
     path = Path(path)
     if path.is_dir():
-        return _read_hf_dir(path, trust_pickle)
+        from deer_ros.model.checkpoint.folder import folder_as_own, is_model_folder
+
+        return folder_as_own(path) if is_model_folder(path) else _read_hf_dir(path, trust_pickle)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     if path.suffix == ".safetensors":

@@ -107,6 +107,17 @@ def load_folder(path: str | os.PathLike, max_exit: int | None = None) -> tuple[D
     return load_built(folder.config, folder.info.get("built_exits"), tensors, max_exit, str(folder.weights)), folder
 
 
+def folder_as_own(path: str | os.PathLike) -> dict[str, Any]:
+    """A model folder as the dict of our single-file format (own.py), the tokenizer path made absolute."""
+    from safetensors.torch import load_file
+
+    from deer_ros.model.checkpoint.own import FORMAT, FORMAT_VERSION
+
+    folder = open_folder(path)
+    return {"format": FORMAT, "version": FORMAT_VERSION, "config": folder.config.to_dict(),
+            "built_exits": folder.info.get("built_exits"), "model_state_dict": load_file(str(folder.weights))}
+
+
 def save_folder(model_or_policy: Any, out: str | os.PathLike, *, tokenizer: str | os.PathLike,
                 calibration: Any = None, source: dict[str, Any] | None = None) -> ModelFolder:
     """Write a model folder (replacing the files it owns in `out`): weights, tokenizer files, optional calibration.
