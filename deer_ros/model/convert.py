@@ -1,7 +1,7 @@
 """`deer-ros convert`: released weights (or our single-file checkpoint) -> one self-contained model folder.
 
-  deer-ros convert --deer DeeR_task_D_D.pth --vision-weights ViT-L-14.pt \\
-      --mpt-weights mpt-1b-redpajama-200b-dolly/ --tokenizer gpt-neox-20b/ --out models/deer_d
+  deer-ros convert --deer DeeR_task_D_D.pth --vision-weights ViT-L-14.pt --tokenizer gpt-neox-20b/ \\
+      --out models/deer_d      # + --mpt-weights mpt-1b-redpajama-200b-dolly/ if the .pth lacks the MPT blocks
 
 Every key of every input is accounted for (mapped, or known and unused), every tensor the model needs is
 provided exactly once with the right shape; anything else stops the conversion with the file and keys to fix.
