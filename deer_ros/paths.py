@@ -27,17 +27,23 @@ def calvin_sample() -> Path:
 
 
 def demo_checkpoint() -> Path:
-    """The bundled tiny demo checkpoint (trained by `deer-ros train`, see README)."""
-    return data_dir() / "demo" / "tiny_demo.pt"
+    """The bundled tiny demo model folder (made by scripts/make_demo_model.sh, see README)."""
+    return data_dir() / "demo" / "tiny_demo"
 
 
 def demo_calibration() -> Path:
-    """The calibration file of the demo checkpoint."""
-    return data_dir() / "demo" / "tiny_demo_calibration.npz"
+    """The calibration file of the demo model (inside its folder)."""
+    return demo_checkpoint() / "calibration.npz"
 
 
 def split_folder(dataset: str | Path, split: str) -> Path:
     """A CALVIN split folder: `dataset` may be a root with training/ and validation/, or a split folder itself;
     '' means the bundled sample."""
     root = Path(dataset).expanduser() if str(dataset) else calvin_sample()
-    return root / split if (root / split).is_dir() else root
+    if (root / split).is_dir():
+        return root / split
+    other = {"training": "validation", "validation": "training"}.get(split)
+    if root.name == other:
+        raise ValueError(f"split '{split}' contradicts the dataset folder {root}, which is the {other} split: "
+                         f"give the dataset root (with training/ and validation/) or ask for split '{other}'")
+    return root

@@ -1,9 +1,14 @@
 """Calibration files: every exit's criterion values on a CALVIN split, for the threshold solver.
 
-A calibration is collected by stepping a policy over annotated segments with a decider that never stops early,
-so every built exit is examined at every frame; the value of every registered criterion is recorded, which lets
-the node switch criterion at run time without re-calibrating. The recurrent state is reset at the start of
-each segment, as at evaluation time. Unlike the reference, nothing is ever written into the checkpoint.
+Two ways to collect them (`mode`), both recording every registered criterion so the node can switch criterion
+at run time without re-calibrating, and neither ever writing into the checkpoint (the reference does):
+  segments   ours: step the policy over whole annotated segments as the node runs them (state reset at each
+             segment, history from the exits actually taken: here the last, as no exit stops early). The right
+             choice to predict what the node will spend on data like the calibration data.
+  reference  the reference's protocol (deer-reference 2.4; calibration_reference.py): 12-frame windows,
+             positions 5..10, a zero LSTM state, a random exit's feature per history step, 10% of the windows,
+             random-shift augmentation, seeded; by default on the validation split. The right choice to
+             reproduce the paper's exit_ratio settings, and what a released .pth's cached `values` hold.
 
 File format: one `.npz` (no pickles) holding
   values__<criterion>  float64 (n_exits, N)  criterion value of exit k+1 on sample n
@@ -11,11 +16,11 @@ File format: one `.npz` (no pickles) holding
                                              of the samples (ExitInfo.gflops is for a typical prompt; meta keeps it)
   exit_layers          int64   (n_exits,)    LLM layers run when stopping at each exit
   segment              int64   (N,)          index of the segment each sample came from
-  meta                 str (JSON)            format, model, checkpoint (+ sha256), dataset, split, frames, created
+  meta                 str (JSON)            format, mode, model, checkpoint (+ fingerprint), dataset, split,
+                                             frames, created, and `solver` (the counting rule to solve with)
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -27,6 +32,8 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 
 from deer_ros.exits.criteria import CRITERIA, get_criterion
+from deer_ros.exits.solver import OURS, SolverRule
+from deer_ros.model.fingerprint import checkpoint_fingerprint, file_sha256  # noqa: F401 - file_sha256 re-exported
 
 FORMAT = "deer_ros.calibration/1"
 _VALUES_PREFIX = "values__"
@@ -119,20 +126,24 @@ class Calibration:
         return Calibration({k: v[:n] for k, v in self.values.items()}, self.exit_gflops[:n], self.exit_layers[:n],
                            self.segment, dict(self.meta))
 
-    def checkpoint_mismatch(self, checkpoint: str | os.PathLike) -> str | None:
-        """A warning when this calibration was made with another checkpoint file (by SHA-256), else None.
+    @property
+    def solver_rule(self) -> SolverRule:
+        """The counting rule recorded with the values (reference-mode files: the reference's), else ours."""
+        rule = self.meta.get("solver")
+        return SolverRule(**rule) if rule else OURS
 
-        Reads the whole checkpoint, so call it once at start-up. None also when the calibration records no hash.
-        """
-        recorded = self.meta.get("checkpoint_sha256")
+    def checkpoint_mismatch(self, checkpoint: str | os.PathLike) -> str | None:
+        """A warning when this calibration was made for another checkpoint, else None (also when it records no
+        fingerprint). Cheap: a model folder's recorded fingerprint, or a sampled hash of a single file."""
+        recorded = self.meta.get("checkpoint_fingerprint")
         if not recorded:
             return None
-        actual = file_sha256(checkpoint)
+        actual = checkpoint_fingerprint(checkpoint)
         if actual == recorded:
             return None
-        return (f"the calibration was made with checkpoint {self.meta.get('checkpoint', '?')} (sha256 "
-                f"{recorded[:12]}...), not {checkpoint} ({actual[:12]}...): its thresholds may miss the budget; "
-                "re-run `deer-ros calibrate` for this checkpoint")
+        return (f"the calibration was made for checkpoint {self.meta.get('checkpoint', '?')} (fingerprint "
+                f"{recorded.removeprefix('sampled:')[:12]}), not {checkpoint} ({actual.removeprefix('sampled:')[:12]}): "
+                "its thresholds may miss the budget; re-run `deer-ros calibrate` for this checkpoint")
 
     # ------------------------------------------------------------------ files
     def save(self, path: str | os.PathLike) -> Path:
@@ -176,15 +187,6 @@ class Calibration:
             return cls(values, data["exit_gflops"], data["exit_layers"], data["segment"], meta)
         except CalibrationError as exc:
             raise CalibrationError(f"{path}: {exc}") from None
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """Hex SHA-256 of a file, read in chunks (checkpoints are GBs)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def split_segments(split: Any, select: str | Sequence[int | str] | None = None,
@@ -241,7 +243,37 @@ def collect_calibration(policy: Any, segments: Iterable[SegmentFrames], criteria
     # Every exit's cost scales with the prompt length like the last one's (exact when all layers have the same
     # structure, as in DeeR-3B), so the mean actual cost of exit k is its nominal cost times the mean ratio.
     measured = nominal * float(np.mean(last_gflops)) / nominal[-1]
-    info = {**(meta or {}), "frames": len(columns), "segments": len(set(segment_of)),
+    info = {"mode": "segments", **(meta or {}), "frames": len(columns), "segments": len(set(segment_of)),
             "exit_gflops_nominal": nominal.tolist(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     return Calibration({name: stacked[:, i] for i, name in enumerate(names)},
                        measured, [e.layers for e in exits], segment_of, info)
+
+
+def calibration_for(checkpoint: str | os.PathLike, calibration: str | os.PathLike = "") -> tuple[Calibration | None, str]:
+    """The calibration a node should use for `checkpoint`, and a warning ('' when none).
+
+    `calibration` '' means the one inside the model folder (the bundled demo model's when `checkpoint` is '' too);
+    None when there is none. The warning says when the calibration was made for another checkpoint (compared by
+    fingerprint: a small JSON read for a folder, a sampled hash for a file; never the whole weights).
+    """
+    from deer_ros.paths import demo_checkpoint
+
+    model = Path(checkpoint).expanduser() if str(checkpoint) else demo_checkpoint()
+    path = Path(calibration).expanduser() if str(calibration) else _folder_calibration(model)
+    if path is None:
+        return None, ""
+    loaded = Calibration.load(path)
+    try:
+        warning = loaded.checkpoint_mismatch(model) if model.exists() else None
+    except (OSError, ValueError) as exc:
+        warning = f"cannot tell which checkpoint the calibration {path} was made for ({exc})"
+    return loaded, warning or ""
+
+
+def _folder_calibration(model: Path) -> Path | None:
+    """A model folder's calibration: the one its config.json names, else a calibration.npz put beside it."""
+    try:
+        name = json.loads((model / "config.json").read_text()).get("calibration") or "calibration.npz"
+    except (OSError, ValueError):
+        return None
+    return model / name if (model / name).is_file() else None

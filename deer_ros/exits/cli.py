@@ -1,8 +1,10 @@
 """`deer-ros calibrate`: run a model over a CALVIN-format split and write a calibration file.
 
 The file holds every exit's criterion values (all registered criteria unless --criterion is given), the
-per-exit GFLOPs, and which model, checkpoint (with its SHA-256) and data produced them. The checkpoint is only
-read, never written.
+per-exit GFLOPs, and which model, checkpoint (with its fingerprint) and data produced them. The checkpoint is
+only read, never written. --mode segments (ours, default) steps whole segments as the node does; --mode
+reference follows the reference's protocol (12-frame windows, validation split by default, augmentation) and,
+for a DeeR .pth that holds the values a reference eval cached, reuses them (--recompute to collect anew).
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from deer_ros.exits.criteria import CRITERIA, DEFAULT_CRITERION
+from deer_ros.model.fingerprint import checkpoint_fingerprint
 from deer_ros.paths import split_folder
 
 
@@ -21,14 +24,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="deer-ros calibrate", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", default="tiny", help="model preset (tiny, of3b, of9b)")
-    p.add_argument("--checkpoint", default="", help="checkpoint file; '' = the bundled tiny demo checkpoint")
+    p.add_argument("--checkpoint", default="", help="model folder (or checkpoint file); '' = the bundled demo model")
+    p.add_argument("--mode", default="segments", choices=("segments", "reference"),
+                   help="segments: whole segments as the node runs them; reference: the reference's protocol")
     p.add_argument("--dataset", default="", help="CALVIN dataset root (with training/, validation/) or a split "
                    "folder; '' = the bundled sample")
-    p.add_argument("--split", default="training", choices=("training", "validation"),
-                   help="split of a dataset root; keep the other one to check the budget on unseen data")
+    p.add_argument("--split", default=None, choices=("training", "validation"),
+                   help="split of a dataset root (default: training for segments, validation for reference, as "
+                        "the reference); refused when --dataset is the other split's folder")
     p.add_argument("--segments", default="", help="segments to use: indices and/or task ids, comma-separated "
                    "('' = all)")
-    p.add_argument("--max-frames", type=int, default=None, help="at most this many frames per segment")
+    p.add_argument("--max-frames", type=int, default=None, help="at most this many frames per segment (segments)")
+    p.add_argument("--window", type=int, default=12, help="reference: window length (frames)")
+    p.add_argument("--data-percent", type=float, default=0.1, help="reference: share of the windows used")
+    p.add_argument("--seed", type=int, default=0, help="reference: seed of the window choice, shifts and exits")
+    p.add_argument("--no-augment", action="store_true", help="reference: no random-shift augmentation")
+    p.add_argument("--recompute", action="store_true", help="reference: ignore values cached in a DeeR .pth")
     p.add_argument("--criterion", action="append", choices=tuple(CRITERIA), default=None,
                    help="criterion to record (repeatable; default: all of them)")
     p.add_argument("--out", required=True, help="calibration file to write (.npz)")
@@ -48,23 +59,37 @@ def calibrate_main(argv: list[str] | None = None) -> int:
         print("deer-ros calibrate: --max-frames must be >= 1", file=sys.stderr)
         return 2
     from deer_ros.calvin.dataset import CalvinDatasetError, CalvinSplit
-    from deer_ros.exits.calibration import CalibrationError, collect_calibration, file_sha256, split_segments
-    from deer_ros.model.checkpoint import load_policy  # torch is imported only now
-    from deer_ros.paths import demo_checkpoint
+    from deer_ros.exits.calibration import CalibrationError, collect_calibration, split_segments
+    from deer_ros.model.checkpoint import CheckpointError
+    from deer_ros.model.factory import load_policy, resolve_checkpoint  # torch is imported only now
 
+    split_name = args.split or ("validation" if args.mode == "reference" else "training")
     try:
-        split = CalvinSplit(split_folder(args.dataset, args.split))
-        checkpoint = Path(args.checkpoint).expanduser() if args.checkpoint else demo_checkpoint()
-        policy = load_policy(checkpoint=args.checkpoint or None, preset=args.model, device=args.device,
-                             dtype=args.dtype)
-        meta = {"model": args.model, "checkpoint": str(checkpoint.resolve()) if checkpoint.exists() else "",
-                "checkpoint_sha256": file_sha256(checkpoint) if checkpoint.exists() else "",
-                "dataset": str(split.path.resolve()), "split": split.path.name, "select": args.segments,
-                "max_frames_per_segment": args.max_frames, "device": args.device, "dtype": args.dtype}
-        calibration = collect_calibration(policy, split_segments(split, args.segments, args.max_frames),
-                                          args.criterion, meta)
+        checkpoint = resolve_checkpoint(args.checkpoint or None, args.model)
+        meta = {"model": args.model, "checkpoint": str(checkpoint.resolve()),
+                "checkpoint_fingerprint": checkpoint_fingerprint(checkpoint), "select": args.segments,
+                "device": args.device, "dtype": args.dtype}
+        cached = _cached(checkpoint, args) if args.mode == "reference" and not args.recompute else None
+        if cached is not None:
+            calibration = cached
+            calibration.meta.update(meta)
+        else:
+            split = CalvinSplit(split_folder(args.dataset, split_name))
+            meta.update(dataset=str(split.path.resolve()), split=split.path.name)
+            policy = load_policy(checkpoint=checkpoint, preset=args.model, device=args.device, dtype=args.dtype)
+            if args.mode == "reference":
+                from deer_ros.exits.calibration_reference import ReferenceProtocol, collect_reference_calibration
+
+                protocol = ReferenceProtocol(window=args.window, data_percent=args.data_percent, seed=args.seed,
+                                             pads=(0, 0) if args.no_augment else (10, 4))
+                calibration = collect_reference_calibration(policy, split, protocol, args.criterion,
+                                                            args.segments, meta)
+            else:
+                meta["max_frames_per_segment"] = args.max_frames
+                calibration = collect_calibration(policy, split_segments(split, args.segments, args.max_frames),
+                                                  args.criterion, meta)
         calibration.save(out)
-    except (CalvinDatasetError, CalibrationError, OSError, ValueError, RuntimeError) as exc:  # Runtime: checkpoints
+    except (CalvinDatasetError, CalibrationError, CheckpointError, OSError, ValueError, RuntimeError) as exc:
         print(f"deer-ros calibrate: {exc}", file=sys.stderr)
         return 1
     summary = _summary(calibration, out)
@@ -72,10 +97,27 @@ def calibrate_main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _cached(checkpoint: Path, args):
+    """The values a reference eval cached in a DeeR .pth, as a calibration; None when there are none."""
+    if not checkpoint.is_file():
+        return None
+    from deer_ros.exits.calibration_reference import cached_calibration
+    from deer_ros.model.checkpoint import config_from_reference, read_file
+    from deer_ros.model.config import DeerConfig
+
+    data = read_file(checkpoint)
+    if data.get("format") == "deer_ros" or data.get("values") is None:
+        return None
+    config = config_from_reference(data, DeerConfig.preset(args.model), str(checkpoint))
+    print(f"deer-ros calibrate: reusing the values cached in {checkpoint} (--recompute to collect anew)")
+    return cached_calibration(data["values"].double().numpy(), config, str(checkpoint))
+
+
 def _summary(calibration, out: Path) -> dict:
     main = DEFAULT_CRITERION if DEFAULT_CRITERION in calibration.values else calibration.criteria[0]
     v = calibration.values[main]
-    return {"out": str(out), "frames": calibration.n_samples, "segments": calibration.meta["segments"],
+    return {"out": str(out), "mode": calibration.meta.get("mode", "segments"), "frames": calibration.n_samples,
+            "segments": calibration.meta.get("segments", 0),
             "criteria": list(calibration.criteria), "exit_layers": calibration.exit_layers.tolist(),
             "exit_gflops": calibration.exit_gflops.tolist(), "criterion_shown": main,
             "median_value_per_exit": np.median(v, axis=1).tolist(),
@@ -83,7 +125,7 @@ def _summary(calibration, out: Path) -> dict:
 
 
 def _format(s: dict) -> str:
-    lines = [f"wrote {s['out']}: {s['frames']} frames from {s['segments']} segments, criteria "
+    lines = [f"wrote {s['out']} ({s['mode']} mode): {s['frames']} samples from {s['segments']} segments, criteria "
              f"{', '.join(s['criteria'])}",
              f"{'exit':>4} {'layers':>6} {'GFLOPs':>10} {'median ' + s['criterion_shown']:>30} {'p90':>10}"]
     for i, (layers, g, med, p90) in enumerate(zip(s["exit_layers"], s["exit_gflops"], s["median_value_per_exit"],

@@ -198,9 +198,9 @@ def resolve_budget(current: BudgetSettings, changes: Mapping[str, Any], exit_gfl
         raise BudgetError(f"the calibration has {values.shape[0]} exits but the model has {n}")
     if s.mode == "flops_budget":
         target = s.flops_budget if budget_override is None else float(np.clip(budget_override, lo, hi))
-        sol = solver.solve_budget(values, g, target, cap)
+        sol = solver.solve_budget(values, g, target, cap, calibration.solver_rule)
     else:
-        sol = solver.solve_exit_ratio(values, s.exit_ratio, cap, g)
+        sol = solver.solve_exit_ratio(values, s.exit_ratio, cap, g, calibration.solver_rule)
     return Resolved(s, sol.thresholds, cap, sol)
 
 

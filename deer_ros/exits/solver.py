@@ -14,9 +14,14 @@ Solvers
 - `solve_budget`: the exit_ratio that makes the average GFLOPs on the calibration data meet a budget. The
   calibration cost of a given r follows from the exit counts alone (no pass over the values), so r is found by
   bisection on a 6-number function and the values are sorted once, for the final thresholds.
-Deviation from the reference: the per-exit counts are rounded from the cumulative shares (sum = N) instead of
-floored with the remainder sent to the last exit. It keeps the realised rates within one sample of the targets
-and makes the cost monotone in r, so a bigger budget never runs fewer layers.
+Counting rules (`counting`): how the target shares become whole samples per exit.
+- "cumulative" (ours, the default): counts rounded from the cumulative shares (they sum to N). It keeps the
+  realised rates within one sample of the targets and makes the cost monotone in r, so a bigger budget never
+  runs fewer layers.
+- "floor" (the reference's): floor(N * p_k) per exit with p in float32; the remainder stops at the last exit.
+`skip_first_exit` (the reference's rule for the 9B model): exit 1's share is set to 0 and the others are left
+as they are (not renormalised), so its share goes to the last exit as remainder. `SolverRule` bundles the two;
+`SolverRule.reference(preset)` is the reference's choice for a released model.
 """
 from __future__ import annotations
 
@@ -27,6 +32,30 @@ import numpy as np
 NEVER = -1.0
 ALWAYS = 1e8
 _LOG_R_RANGE = 60.0  # |log r| beyond which the geometric shares are all on one exit in float64
+COUNTING_RULES = ("cumulative", "floor")
+
+
+@dataclass(frozen=True)
+class SolverRule:
+    """How shares become per-exit sample counts (see the module docstring)."""
+
+    counting: str = "cumulative"
+    skip_first_exit: bool = False
+
+    def __post_init__(self) -> None:
+        if self.counting not in COUNTING_RULES:
+            raise ValueError(f"counting must be one of {', '.join(COUNTING_RULES)}, got {self.counting!r}")
+
+    @classmethod
+    def reference(cls, model: str) -> "SolverRule":
+        """The reference solver's rule for a released model: floor counting, and no first exit for the 9B."""
+        return cls("floor", skip_first_exit=model == "of9b")
+
+    def to_dict(self) -> dict:
+        return {"counting": self.counting, "skip_first_exit": self.skip_first_exit}
+
+
+OURS = SolverRule()
 
 
 @dataclass(frozen=True)
@@ -105,8 +134,16 @@ def _shares_from_log(log_r: float, n: int) -> np.ndarray:
     return w / w.sum()
 
 
-def exit_counts(shares: np.ndarray, n_samples: int) -> np.ndarray:
-    """Integer samples per exit, summing to n_samples, rounded on the cumulative shares (monotone in them)."""
+def exit_counts(shares: np.ndarray, n_samples: int, rule: SolverRule = OURS) -> np.ndarray:
+    """Integer samples per exit, summing to n_samples, by `rule` (the last exit takes what is left)."""
+    shares = np.asarray(shares, dtype=np.float64).copy()
+    if rule.skip_first_exit and len(shares) > 1:
+        shares[0] = 0.0
+    if rule.counting == "floor":
+        counts = np.floor(np.float32(n_samples) * shares.astype(np.float32)).astype(np.int64)
+        counts[-1] = 0
+        counts[-1] = n_samples - counts.sum()
+        return counts
     cum = np.rint(np.cumsum(shares) * n_samples).astype(np.int64)
     cum[-1] = n_samples
     return np.diff(cum, prepend=0)
@@ -147,12 +184,12 @@ def _solution(v: np.ndarray, thresholds: np.ndarray, cap: int, log_r: float,
 
 
 def solve_exit_ratio(values: np.ndarray, exit_ratio: float, max_exit: int | None = None,
-                     exit_gflops: np.ndarray | None = None) -> Solution:
+                     exit_gflops: np.ndarray | None = None, rule: SolverRule = OURS) -> Solution:
     """Thresholds for the reference's geometric exit-rate targets (r < 1 favours early exits, 1 = uniform)."""
     v = check_values(values)
     cap = resolve_max_exit(max_exit, v.shape[0])
     g = None if exit_gflops is None else check_gflops(exit_gflops, v.shape[0])
-    counts = exit_counts(exit_shares(exit_ratio, cap), v.shape[1])
+    counts = exit_counts(exit_shares(exit_ratio, cap), v.shape[1], rule)
     return _solution(v, thresholds_for_counts(v, counts), cap, float(np.log(exit_ratio)), g)
 
 
@@ -164,7 +201,7 @@ def budget_range(exit_gflops: np.ndarray, max_exit: int | None = None) -> tuple[
 
 
 def solve_budget(values: np.ndarray, exit_gflops: np.ndarray, budget: float,
-                 max_exit: int | None = None) -> Solution:
+                 max_exit: int | None = None, rule: SolverRule = OURS) -> Solution:
     """Thresholds whose average GFLOPs on the calibration data is as close to `budget` as the samples allow.
 
     The attainable averages are spaced (g_cap - g_1) / N apart, so the result is within half that of the
@@ -180,7 +217,7 @@ def solve_budget(values: np.ndarray, exit_gflops: np.ndarray, budget: float,
     n = v.shape[1]
 
     def cost(log_r: float) -> tuple[float, np.ndarray]:
-        counts = exit_counts(_shares_from_log(log_r, cap), n)
+        counts = exit_counts(_shares_from_log(log_r, cap), n, rule)
         return float(counts @ g[:cap]) / n, counts
 
     # cost(log r) is non-decreasing: bisect for the step where it crosses the budget, keep the closer side.

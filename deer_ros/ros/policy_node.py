@@ -25,10 +25,9 @@ from sensor_msgs.msg import Image
 from std_msgs.msg import String
 from std_srvs.srv import Trigger
 
-from deer_ros.exits.calibration import Calibration, CalibrationError
+from deer_ros.exits.calibration import Calibration, CalibrationError, calibration_for
 from deer_ros.exits.controller import BudgetError, ExitBudget
 from deer_ros.msg import EndEffectorAction
-from deer_ros.paths import demo_calibration
 from deer_ros.ros.image import ImageConverter, ImageError
 from deer_ros.ros.pairing import GRIPPER, STATIC, Pair, StampPairer
 from deer_ros.ros.node_main import run_node
@@ -106,6 +105,7 @@ class DeerPolicyNode(LifecycleNode):
         self._diag_timer = self.create_timer(self._param("diagnostics_period_s"), self._publish_diagnostics,
                                              clock=Clock(clock_type=ClockType.STEADY_TIME))
         self._last_error = ""
+        self._calibration_warning = ""
 
     # ---------------------------------------------------------------- lifecycle
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -149,15 +149,14 @@ class DeerPolicyNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def _load_calibration(self, p: dict) -> Calibration | None:
-        """The calibration file given, or the bundled one when the bundled demo checkpoint is used."""
-        path = p["calibration"]
-        if not path and not p["checkpoint"] and demo_calibration().exists():
-            path = str(demo_calibration())
-        if not path:
+        """The calibration file given, or the one inside the model folder (the bundled demo model's by default)."""
+        calibration, self._calibration_warning = calibration_for(p["checkpoint"], p["calibration"])
+        if calibration is None:
             self.get_logger().warning("no calibration file: flops_budget and exit_ratio cannot be solved; "
                                       "explicit thresholds and max_exit still work")
-            return None
-        return Calibration.load(path)
+        if self._calibration_warning:
+            self.get_logger().warning(self._calibration_warning)
+        return calibration
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._active = True
@@ -347,6 +346,9 @@ class DeerPolicyNode(LifecycleNode):
             kv.update(self._budget.report())
         if self._last_error:
             kv["last_error"] = self._last_error
+        if self._calibration_warning:  # the calibration belongs to another checkpoint
+            kv["calibration_warning"] = self._calibration_warning
+            status.level = max(status.level, DiagnosticStatus.WARN)
         status.values = [KeyValue(key=str(k), value=str(v)) for k, v in kv.items()]
         msg = DiagnosticArray(status=[status])
         msg.header.stamp = self.get_clock().now().to_msg()

@@ -5,7 +5,8 @@ Runs the joint stage, then the head-only stage (either may be 0 epochs), saving 
 end. At the end it writes the inference checkpoint (--out, without the training-only aux heads), optionally the
 reference (.pth) layout (--export-reference) and a calibration on the training split (--calibrate).
 
-The bundled demo model (data/demo/tiny_demo.pt) is made by scripts/make_demo_model.sh with this command.
+The bundled demo model (data/demo/tiny_demo/) is made by scripts/make_demo_model.sh with this command and
+`deer-ros convert`.
 """
 from __future__ import annotations
 

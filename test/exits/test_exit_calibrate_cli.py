@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from deer_ros.exits.calibration import Calibration, file_sha256
+from deer_ros.model.fingerprint import checkpoint_fingerprint
 from deer_ros.exits.cli import calibrate_main
 from deer_ros.model.checkpoint import save_checkpoint
 from deer_ros.model.config import DeerConfig
@@ -31,7 +32,8 @@ def test_calibrate_writes_a_file_naming_its_model_and_data_and_leaves_the_checkp
     assert summary["frames"] == cal.n_samples == 6 and summary["criteria"] == list(cal.criteria)
     assert cal.criteria == ("action_consistency", "feature_cosine")
     assert cal.meta["checkpoint"] == str(checkpoint.resolve())
-    assert cal.meta["checkpoint_sha256"] == before[0]
+    assert cal.meta["checkpoint_fingerprint"] == checkpoint_fingerprint(checkpoint) and cal.meta["mode"] == "segments"
+    assert cal.checkpoint_mismatch(checkpoint) is None
     assert cal.meta["split"] == "validation" and cal.meta["dataset"].endswith("calvin_sample/validation")
     assert (file_sha256(checkpoint), checkpoint.stat().st_mtime_ns) == before
 
@@ -45,3 +47,22 @@ def test_calibrate_refuses_bad_arguments_with_a_reason(checkpoint, tmp_path, cap
     assert calibrate_main(["--checkpoint", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "cal.npz")]) == 1
     assert "missing.pt" in capsys.readouterr().err
     assert not (tmp_path / "cal.npz").exists()
+
+
+def test_calibrate_refuses_a_split_that_contradicts_the_split_folder(checkpoint, tmp_path, capsys):
+    validation = calvin_sample() / "validation"
+    assert calibrate_main(["--checkpoint", str(checkpoint), "--dataset", str(validation), "--split", "training",
+                           "--out", str(tmp_path / "cal.npz")]) == 1
+    assert "split 'training' contradicts the dataset folder" in capsys.readouterr().err
+    assert not (tmp_path / "cal.npz").exists()
+
+
+def test_calibrate_reference_mode_defaults_to_the_validation_split_and_the_reference_solver(checkpoint, tmp_path,
+                                                                                           capsys):
+    out = tmp_path / "ref.npz"
+    assert calibrate_main(["--checkpoint", str(checkpoint), "--mode", "reference", "--segments", "0",
+                           "--data-percent", "0.2", "--criterion", "action_consistency", "--out", str(out)]) == 0
+    cal = Calibration.load(out)
+    assert cal.meta["mode"] == "reference" and cal.meta["split"] == "validation"
+    assert cal.n_samples == cal.meta["windows"] * 6  # positions 5..10 of each 12-frame window
+    assert cal.solver_rule.counting == "floor" and not cal.solver_rule.skip_first_exit  # tiny is not the 9B

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from deer_ros.exits.calibration import Calibration, CalibrationError, file_sha256
+from deer_ros.model.fingerprint import checkpoint_fingerprint
 from exits_helpers import GFLOPS_3B, LAYERS_3B, synthetic_values
 
 
@@ -95,11 +96,15 @@ def test_file_sha256(tmp_path):
     assert file_sha256(f) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
 
 
-def test_checkpoint_mismatch_compares_the_recorded_hash(tmp_path):
+def test_checkpoint_mismatch_compares_the_recorded_fingerprint(tmp_path):
     ckpt = tmp_path / "a.pt"
-    ckpt.write_bytes(b"weights")
-    cal = make(checkpoint=str(ckpt), checkpoint_sha256=file_sha256(ckpt))
+    ckpt.write_bytes(bytes(range(256)) * 4096)  # 1 MiB: the fingerprint samples it
+    cal = make(checkpoint=str(ckpt), checkpoint_fingerprint=checkpoint_fingerprint(ckpt))
     assert cal.checkpoint_mismatch(ckpt) is None
-    ckpt.write_bytes(b"retrained weights")
+    data = bytearray(ckpt.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one byte in the middle, where the 9th of 17 samples lies
+    ckpt.write_bytes(bytes(data))
+    assert "re-run `deer-ros calibrate`" in cal.checkpoint_mismatch(ckpt)
+    ckpt.write_bytes(b"a smaller retrained file")
     assert "re-run `deer-ros calibrate`" in cal.checkpoint_mismatch(ckpt)
     assert make().checkpoint_mismatch(ckpt) is None  # nothing recorded: nothing to compare

@@ -15,6 +15,7 @@ from torch import nn
 from deer_ros.model import checkpoint as ck
 from deer_ros.model.config import DeerConfig
 from deer_ros.model.deer import DeerModel
+from deer_ros.model.factory import load_policy
 from model_fixtures import tiny_model
 
 TINY = DeerConfig.preset("tiny")
@@ -196,14 +197,20 @@ def test_deer_pth_errors_are_specific(tmp_path):
     assert "vision <- CLIP weights" in str(err.value)
 
 
-def test_deer_pth_with_separate_clip_and_mpt_weights_and_max_exit(tmp_path):
-    model = tiny_model()
+def write_released(model: DeerModel, folder) -> dict:
+    """The model as three released files in `folder`: deer.pth (no CLIP, no MPT blocks), clip.bin, mpt/ (HF)."""
     data = deer_pth(model, with_vision=False)
     data["model_state_dict"] = {k: v for k, v in data["model_state_dict"].items() if "decoder_blocks" not in k}
-    torch.save(data, tmp_path / "deer.pth")
-    torch.save(clip_state(model), tmp_path / "clip.bin")
-    (tmp_path / "mpt").mkdir()
-    torch.save(mpt_state(model), tmp_path / "mpt" / "pytorch_model.bin")
+    torch.save(data, folder / "deer.pth")
+    torch.save(clip_state(model), folder / "clip.bin")
+    (folder / "mpt").mkdir()
+    torch.save(mpt_state(model), folder / "mpt" / "pytorch_model.bin")
+    return data
+
+
+def test_deer_pth_with_separate_clip_and_mpt_weights_and_max_exit(tmp_path):
+    model = tiny_model()
+    write_released(model, tmp_path)
     loaded = ck.load_reference(tmp_path / "deer.pth", base=TINY, vision_weights=tmp_path / "clip.bin",
                                mpt_weights=tmp_path / "mpt", max_exit=2)
     assert loaded.n_layers == 4
@@ -318,50 +325,28 @@ def test_unreadable_and_unknown_files(tmp_path):
 
 
 # ---------------------------------------------------------------------------- load_policy (the node's entry)
-def test_load_policy(tmp_path, monkeypatch):
+def test_load_policy_from_our_single_file_and_a_deer_pth(tmp_path, monkeypatch):
     model = tiny_model()
     path = ck.save_checkpoint(model, tmp_path / "tiny.pt")
-    policy = ck.load_policy(str(path), preset="tiny", max_exit=2)
+    policy = load_policy(str(path), preset="tiny", max_exit=2)
     assert [e.index for e in policy.exits] == [1, 2] and policy.model.n_layers == 4
     with pytest.raises(ValueError, match="holds a 'tiny' model but model preset 'of3b'"):
-        ck.load_policy(str(path), preset="of3b")
+        load_policy(str(path), preset="of3b")
     # the memory budget picks the deepest exit whose LLM weights fit
     from deer_ros.model.memory import llm_weight_bytes
 
     budget = llm_weight_bytes(TINY, 4, "fp32") / 2 ** 20 + 0.01
-    assert ck.load_policy(str(path), memory_budget_mb=budget).model.n_layers == 4
+    assert load_policy(str(path), memory_budget_mb=budget).model.n_layers == 4
     with pytest.raises(ValueError, match="too small"):
-        ck.load_policy(str(path), memory_budget_mb=0.01)
+        load_policy(str(path), memory_budget_mb=0.01)
     # no checkpoint: the bundled demo checkpoint, with a clear error while it does not exist
     import deer_ros.paths
 
     monkeypatch.setattr(deer_ros.paths, "demo_checkpoint", lambda: tmp_path / "missing.pt")
-    with pytest.raises(FileNotFoundError, match="deer-ros train"):
-        ck.load_policy(None)
+    with pytest.raises(FileNotFoundError, match="make_demo_model.sh"):
+        load_policy(None)
     monkeypatch.setattr(deer_ros.paths, "demo_checkpoint", lambda: path)
-    assert ck.load_policy(None).model.n_layers == 6
+    assert load_policy(None).model.n_layers == 6
     # a DeeR .pth works too: sizes from the preset and the file
     torch.save(deer_pth(model), tmp_path / "deer.pth")
-    assert_same_weights(model, ck.load_policy(str(tmp_path / "deer.pth"), preset="tiny").model)
-
-
-def test_convert_released_files_into_one_checkpoint(tmp_path, capsys):
-    from deer_ros.model.convert import convert_main
-    from deer_ros.model.tokenizer import TINY_TOKENIZER_DIR
-
-    model = tiny_model()
-    data = deer_pth(model, with_vision=False)
-    data["model_state_dict"] = {k: v for k, v in data["model_state_dict"].items() if "decoder_blocks" not in k}
-    torch.save(data, tmp_path / "deer.pth")
-    torch.save(clip_state(model), tmp_path / "clip.bin")
-    torch.save(mpt_state(model), tmp_path / "mpt.bin")
-    common = ["--preset", "tiny", "--deer", str(tmp_path / "deer.pth"), "--vision-weights", str(tmp_path / "clip.bin"),
-              "--tokenizer", str(TINY_TOKENIZER_DIR)]
-    assert convert_main(common + ["--out", str(tmp_path / "partial.pt")]) == 1  # no MPT blocks anywhere
-    assert "blocks <- MPT weights" in capsys.readouterr().err
-    assert convert_main(common + ["--mpt-weights", str(tmp_path / "mpt.bin"), "--out", str(tmp_path / "m.pt")]) == 0
-    policy = ck.load_policy(str(tmp_path / "m.pt"), preset="tiny")
-    assert_same_weights(model, policy.model)
-    assert policy.config.tokenizer == str(TINY_TOKENIZER_DIR.resolve())
-    with pytest.raises(SystemExit):
-        convert_main(["--out", str(tmp_path / "x.pt"), "--preset", "tiny"])  # no DeeR heads and no --fresh-heads
+    assert_same_weights(model, load_policy(str(tmp_path / "deer.pth"), preset="tiny").model)
