@@ -164,4 +164,6 @@ class CalvinSim:
         """Disconnect the simulator (idempotent)."""
         if self.env is not None:
             self.env.close()
+            if hasattr(self.env, "cid"):
+                self.env.cid = -1  # calvin_env's __del__ closes again, and pybullet raises on a second disconnect
             self.env = None

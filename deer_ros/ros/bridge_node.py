@@ -184,6 +184,7 @@ class CalvinBridgeNode(Node):
         self.result: dict = {}
         self.done = threading.Event()
         self._stop = threading.Event()
+        self._closed = False
         self._thread = threading.Thread(target=self._play, name="calvin_bridge_player", daemon=True)
         pace = "lockstep" if p["lockstep"] or self.mode == "sim" else f"{p['rate_hz']} Hz"
         if self.mode == "replay":
@@ -513,7 +514,9 @@ class CalvinBridgeNode(Node):
         self.stop()
         if self.sim is not None:
             self.sim.close()
-        self.destroy_node()
+        if not self._closed:
+            self._closed = True
+            self.destroy_node()
 
 
 def _check_sim_parameters(p: dict) -> None:
