@@ -68,7 +68,7 @@ BRIDGE_PARAMETERS: tuple[ParamSpec, ...] = (
               "instruction on `instruction_active` before the segment's first frame.", 0.1, 600.0),
     ParamSpec("instruction_settle_s", float, 0.05, "Pause after a new instruction before its first frame when "
               "no node publishes `instruction_active` (a policy without the handshake).", 0.0, 5.0),
-    ParamSpec("start_timeout_s", float, 60.0, "How long to wait for the policy (a camera subscriber and an "
+    ParamSpec("start_timeout_s", float, 120.0, "How long to wait for the policy (a camera subscriber and an "
               "`action` publisher) before giving up with a report and exit code 1; 0 = start at once.",
               0.0, 3600.0, read_only=True),
     ParamSpec("sim_start", str, "chains", "sim: run LH-MTLC chains from CALVIN's initial states, or start from "

@@ -94,7 +94,7 @@ def _run_bridge(launch_node, probe, params: dict, timeout: float = 120) -> tuple
 
 def test_lockstep_waits_for_the_policy_to_confirm_each_instruction(launch_node, probe, tmp_path):
     policy = ProbePolicy(probe, status_delay_s=0.4)
-    bridge, report = _run_bridge(launch_node, probe, {"segments": "0,1,2", "max_frames": 30, "_tmp": tmp_path})
+    bridge, report = _run_bridge(launch_node, probe, {"segments": "0,1,2", "_tmp": tmp_path})
     assert bridge.wait(timeout=5) == 0, bridge.output()[-3000:]
     kinds = [kind for kind, _ in policy.events]
     assert kinds.count("instruction") == 3 and kinds.count("status") == 3
@@ -107,16 +107,16 @@ def test_lockstep_waits_for_the_policy_to_confirm_each_instruction(launch_node, 
             waiting = False
         else:
             assert not waiting, policy.events
-    assert report["bridge"]["unconfirmed_instructions"] == 0 and report["overall"]["actions"] == 30
+    assert report["bridge"]["unconfirmed_instructions"] == 0 and report["overall"]["actions"] == 45 + 72 + 44
     assert "no node publishes" not in bridge.output()
 
 
 def test_without_the_handshake_the_bridge_warns_once_and_settles(launch_node, probe, tmp_path):
     ProbePolicy(probe, status_delay_s=None)
-    bridge, report = _run_bridge(launch_node, probe, {"segments": "0,1,2", "max_frames": 30, "_tmp": tmp_path})
+    bridge, report = _run_bridge(launch_node, probe, {"segments": "0,1,2", "_tmp": tmp_path})
     assert bridge.wait(timeout=5) == 0, bridge.output()[-3000:]
     assert bridge.output().count("no node publishes") == 1  # one warning, not one per segment
-    assert report["overall"]["actions"] == 30
+    assert report["overall"]["actions"] == 45 + 72 + 44
 
 
 def test_resend_interval_follows_the_policys_latency(launch_node, probe, tmp_path):
