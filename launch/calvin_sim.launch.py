@@ -37,7 +37,7 @@ def generate_launch_description() -> LaunchDescription:
         DeclareLaunchArgument("use_egl", default_value="false",
                               description="render with EGL on a GPU"),
         DeclareLaunchArgument("report_path", default_value="",
-                              description="where to write the report JSON (and its .png plot)"),
+                              description="where to write the report JSON (and its .svg plot)"),
         DeclareLaunchArgument("max_frames", default_value="0",
                               description="stop after this many frames (partial report); 0 = no limit"),
         DeclareLaunchArgument("policy_timeout_s", default_value="60.0",

@@ -1,4 +1,4 @@
-"""The closed-loop evaluation report: what a CALVIN user reads after a run, as JSON, a text summary and a plot.
+"""The closed-loop evaluation report: what a CALVIN user reads after a run, as JSON, a text summary and an SVG plot.
 
 Chains (LH-MTLC): success rate at 1..5 and average length over the complete chains, per-task counts, every chain
 with its tasks and outcome, compute (GFLOPs, layers, exit histogram) over all steps and over the successful
@@ -11,8 +11,9 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
+from html import escape
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 from deer_ros.calvin.protocol import CHAIN_LENGTH, ChainResult, SubtaskResult, compute_means, lh_mtlc_metrics
 
@@ -81,69 +82,71 @@ def _compute_line(m: dict) -> str:
 
 
 def write_report(report: dict, path: str | os.PathLike) -> list[Path]:
-    """Write the JSON to `path` and, where matplotlib is installed, the plot next to it (<path>.png). The JSON
-    goes to a temporary file first and is then renamed, so a reader never sees half a report."""
+    """Write the JSON to `path` and the plot next to it (<path>.svg). Each goes to a temporary file first and
+    is then renamed, so a reader never sees half a report."""
     path = Path(path).expanduser()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(report, indent=2))
-    tmp.replace(path)
-    written = [path]
-    plot = plot_report(report, path.with_suffix(".png"))
-    if plot is not None:
-        written.append(plot)
+    written = []
+    for target, text in ((path, json.dumps(report, indent=2)), (path.with_suffix(".svg"), plot_svg(report))):
+        tmp = target.with_name(target.name + ".tmp")
+        tmp.write_text(text)
+        tmp.replace(target)
+        written.append(target)
     return written
 
 
-def plot_report(report: dict, path: Path) -> Path | None:
-    """Success rates (or per-episode success) and the exit histograms, all steps vs successful subtasks."""
-    try:
-        import matplotlib
-    except ImportError:
-        return None
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def _bars(x0: float, title: str, labels: Sequence[str], series: Sequence[tuple[str, str, Sequence[float]]],
+          unit: str) -> list[str]:
+    """One bar panel (values in 0..100) at x offset `x0`, 380 x 260 px; series = (name, colour, values)."""
+    left, top, width, height = x0 + 45, 40, 320, 170
+    out = [f'<text x="{x0 + 200}" y="22" text-anchor="middle" font-size="13">{escape(title)}</text>',
+           f'<line x1="{left}" y1="{top + height}" x2="{left + width}" y2="{top + height}" stroke="black"/>',
+           f'<line x1="{left}" y1="{top}" x2="{left}" y2="{top + height}" stroke="black"/>']
+    for tick in (0, 50, 100):
+        y = top + height - tick / 100 * height
+        out.append(f'<text x="{left - 5}" y="{y + 4}" text-anchor="end" font-size="10">{tick}{unit}</text>')
+    slot = width / max(len(labels), 1)
+    bar = slot * 0.8 / max(len(series), 1)
+    for i, label in enumerate(labels):
+        out.append(f'<text x="{left + slot * (i + 0.5)}" y="{top + height + 14}" text-anchor="middle" '
+                   f'font-size="10">{escape(label)}</text>')
+        for j, (_, colour, values) in enumerate(series):
+            h = max(0.0, min(100.0, values[i])) / 100 * height
+            x = left + slot * i + slot * 0.1 + bar * j
+            out.append(f'<rect x="{x:.1f}" y="{top + height - h:.1f}" width="{bar:.1f}" height="{h:.1f}" '
+                       f'fill="{colour}"><title>{values[i]:.1f}{unit}</title></rect>')
+    for j, (name, colour, _) in enumerate(series):
+        y = top + height + 30 + 14 * j
+        out.append(f'<rect x="{left}" y="{y - 9}" width="10" height="10" fill="{colour}"/>'
+                   f'<text x="{left + 15}" y="{y}" font-size="10">{escape(name)}</text>')
+    return out
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
-    title = "partial: " + str(report["reason"]) if report.get("partial") else "complete"
+
+def plot_svg(report: dict) -> str:
+    """The report as a picture: success (rate at 1..5, or per episode) and the exits taken over all steps vs
+    over successful subtasks. Plain SVG, so it needs no plotting library."""
+    state = f"partial: {report['reason']}" if report.get("partial") else "complete"
     if report["kind"] == "episodes":
         summary = report["episodes"]
         runs = report["runs"]
-        left.bar(range(len(runs)), [1 if r["success"] else 0 for r in runs], color="tab:green")
-        left.set_xticks(range(len(runs)), [r["task"] for r in runs], rotation=60, ha="right", fontsize=7)
-        left.set_ylabel("solved")
-        left.set_title(f"{summary['successes']}/{summary['episodes']} episodes solved ({title})", fontsize=9)
+        left = _bars(0, f"{summary['successes']}/{summary['episodes']} episodes solved ({state})",
+                     [str(r["segment"]) for r in runs], [("solved", "#2a9d40", [100.0 * r["success"] for r in runs])],
+                     "%")
     else:
         summary = report["lh_mtlc"]
         rates = [summary["success_rates"][str(i)] * 100 for i in range(1, CHAIN_LENGTH + 1)]
-        left.bar(range(1, CHAIN_LENGTH + 1), rates, color="tab:blue")
-        for i, rate in enumerate(rates, start=1):
-            left.text(i, rate + 1, f"{rate:.0f}%", ha="center", fontsize=8)
-        left.set_ylim(0, 110)
-        left.set_xlabel("tasks completed in a row")
-        left.set_ylabel("chains (%)")
-        left.set_title(f"{summary['chains']} chains, average length {summary['avg_len']:.2f} ({title})", fontsize=9)
-    _plot_exits(right, summary)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def _plot_exits(ax: Any, summary: dict) -> None:
+        left = _bars(0, f"{summary['chains']} chains, avg. length {summary['avg_len']:.2f} ({state})",
+                     [f"{i}/{CHAIN_LENGTH}" for i in range(1, CHAIN_LENGTH + 1)],
+                     [("chains with i tasks done in a row", "#1f6fb4", rates)], "%")
     exits = sorted({int(k) for k in summary["exit_histogram"]} | {int(k) for k in summary["successful"]["exit_histogram"]})
-    if not exits:
-        ax.text(0.5, 0.5, "no exit information in the actions", ha="center", transform=ax.transAxes)
-        ax.set_axis_off()
-        return
-    width = 0.4
-    for offset, (label, hist) in zip((-width / 2, width / 2), (("all steps", summary["exit_histogram"]),
-                                                              ("successful subtasks",
-                                                               summary["successful"]["exit_histogram"]))):
+
+    def shares(hist: dict) -> list[float]:
         total = sum(hist.values()) or 1
-        ax.bar([e + offset for e in exits], [hist.get(str(e), 0) / total * 100 for e in exits], width, label=label)
-    ax.set_xticks(exits)
-    ax.set_xlabel("exit")
-    ax.set_ylabel("steps (%)")
-    ax.set_title("exits taken", fontsize=9)
-    ax.legend(fontsize=8)
+        return [hist.get(str(e), 0) / total * 100 for e in exits]
+
+    right = _bars(400, "exits taken (share of steps)", [f"exit {e}" for e in exits],
+                  [("all steps", "#7f7f7f", shares(summary["exit_histogram"])),
+                   ("successful subtasks", "#e07b00", shares(summary["successful"]["exit_histogram"]))], "%")
+    body = "\n".join(left + right)
+    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="800" height="280" font-family="sans-serif">\n'
+            f'<rect width="800" height="280" fill="white"/>\n{body}\n</svg>\n')

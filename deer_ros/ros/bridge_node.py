@@ -82,7 +82,7 @@ BRIDGE_PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("calvin_path", str, "", "sim: a CALVIN checkout (or its new_playtable_validation.yaml) to take "
               "the evaluation instructions from; '' = the packaged copy.", read_only=True),
     ParamSpec("use_egl", bool, False, "sim: render with EGL (GPU) instead of the CPU renderer.", read_only=True),
-    ParamSpec("report_path", str, "", "Write the evaluation JSON here at the end (sim: also a .png plot); "
+    ParamSpec("report_path", str, "", "Write the evaluation JSON here at the end (sim: also an .svg plot); "
               "'' = do not.", read_only=True),
     ParamSpec("exit_when_done", bool, False, "Exit (code 0) after the last frame instead of idling; a failed run "
               "always exits (code 1).", read_only=True),

@@ -66,7 +66,7 @@ def _report(node) -> dict:
     return json.loads(open(node.get_parameter("report_path").value).read())
 
 
-def test_a_nan_mid_chain_fails_that_chain_and_the_evaluation_goes_on(sim_bridge, probe):
+def test_a_nan_mid_chain_fails_that_chain_and_the_evaluation_goes_on(sim_bridge, probe, tmp_path):
     from deer_ros.ros.policy_probe import ProbePolicy
 
     nan = FORWARD.copy()
@@ -85,6 +85,8 @@ def test_a_nan_mid_chain_fails_that_chain_and_the_evaluation_goes_on(sim_bridge,
     assert m["success_rates"]["2"] == 0.5
     assert m["exit_histogram"] == {"1": 5 + 2 + 25} and m["mean_gflops"] == pytest.approx(0.5)
     assert report["settings"]["eval_sequences"].endswith("eval_sequences.json")
+    plot = (tmp_path / "report.svg").read_text()
+    assert "avg. length 3.00 (complete)" in plot and plot.count("<rect") > 5
 
 
 def test_stopping_mid_chain_writes_a_partial_report_of_what_ran(sim_bridge, probe):
