@@ -96,10 +96,11 @@ def write_report(report: dict, path: str | os.PathLike) -> list[Path]:
 
 
 def _bars(x0: float, title: str, labels: Sequence[str], series: Sequence[tuple[str, str, Sequence[float]]],
-          unit: str) -> list[str]:
-    """One bar panel (values in 0..100) at x offset `x0`, 380 x 260 px; series = (name, colour, values)."""
-    left, top, width, height = x0 + 45, 40, 320, 170
-    out = [f'<text x="{x0 + 200}" y="22" text-anchor="middle" font-size="13">{escape(title)}</text>',
+          unit: str, subtitle: str = "") -> list[str]:
+    """One bar panel (values in 0..100) at x offset `x0`, 380 x 280 px; series = (name, colour, values)."""
+    left, top, width, height = x0 + 45, 52, 320, 170
+    out = [f'<text x="{x0 + 200}" y="20" text-anchor="middle" font-size="13">{escape(title)}</text>',
+           f'<text x="{x0 + 200}" y="36" text-anchor="middle" font-size="10">{escape(subtitle)}</text>',
            f'<line x1="{left}" y1="{top + height}" x2="{left + width}" y2="{top + height}" stroke="black"/>',
            f'<line x1="{left}" y1="{top}" x2="{left}" y2="{top + height}" stroke="black"/>']
     for tick in (0, 50, 100):
@@ -114,7 +115,8 @@ def _bars(x0: float, title: str, labels: Sequence[str], series: Sequence[tuple[s
             h = max(0.0, min(100.0, values[i])) / 100 * height
             x = left + slot * i + slot * 0.1 + bar * j
             out.append(f'<rect x="{x:.1f}" y="{top + height - h:.1f}" width="{bar:.1f}" height="{h:.1f}" '
-                       f'fill="{colour}"><title>{values[i]:.1f}{unit}</title></rect>')
+                       f'fill="{colour}"/><text x="{x + bar / 2:.1f}" y="{top + height - h - 3:.1f}" '
+                       f'text-anchor="middle" font-size="9">{values[i]:.0f}</text>')
     for j, (name, colour, _) in enumerate(series):
         y = top + height + 30 + 14 * j
         out.append(f'<rect x="{left}" y="{y - 9}" width="10" height="10" fill="{colour}"/>'
@@ -129,24 +131,25 @@ def plot_svg(report: dict) -> str:
     if report["kind"] == "episodes":
         summary = report["episodes"]
         runs = report["runs"]
-        left = _bars(0, f"{summary['successes']}/{summary['episodes']} episodes solved ({state})",
+        left = _bars(0, f"{summary['successes']}/{summary['episodes']} episodes solved",
                      [str(r["segment"]) for r in runs], [("solved", "#2a9d40", [100.0 * r["success"] for r in runs])],
-                     "%")
+                     "%", state)
     else:
         summary = report["lh_mtlc"]
         rates = [summary["success_rates"][str(i)] * 100 for i in range(1, CHAIN_LENGTH + 1)]
-        left = _bars(0, f"{summary['chains']} chains, avg. length {summary['avg_len']:.2f} ({state})",
+        left = _bars(0, f"{summary['chains']} chains, average length {summary['avg_len']:.2f}",
                      [f"{i}/{CHAIN_LENGTH}" for i in range(1, CHAIN_LENGTH + 1)],
-                     [("chains with i tasks done in a row", "#1f6fb4", rates)], "%")
+                     [("chains with i tasks done in a row", "#1f6fb4", rates)], "%", state)
     exits = sorted({int(k) for k in summary["exit_histogram"]} | {int(k) for k in summary["successful"]["exit_histogram"]})
 
     def shares(hist: dict) -> list[float]:
         total = sum(hist.values()) or 1
         return [hist.get(str(e), 0) / total * 100 for e in exits]
 
-    right = _bars(400, "exits taken (share of steps)", [f"exit {e}" for e in exits],
+    right = _bars(400, "exits taken", [f"exit {e}" for e in exits],
                   [("all steps", "#7f7f7f", shares(summary["exit_histogram"])),
-                   ("successful subtasks", "#e07b00", shares(summary["successful"]["exit_histogram"]))], "%")
+                   ("successful subtasks", "#e07b00", shares(summary["successful"]["exit_histogram"]))], "%",
+                  "share of the steps")
     body = "\n".join(left + right)
-    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="800" height="280" font-family="sans-serif">\n'
-            f'<rect width="800" height="280" fill="white"/>\n{body}\n</svg>\n')
+    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="800" height="300" font-family="sans-serif">\n'
+            f'<rect width="800" height="300" fill="white"/>\n{body}\n</svg>\n')

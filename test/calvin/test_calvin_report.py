@@ -43,7 +43,7 @@ def test_write_report_writes_the_json_and_the_plot(tmp_path):
     assert [p.name for p in paths] == ["lh_mtlc.json", "lh_mtlc.svg"]
     assert json.loads(paths[0].read_text()) == json.loads(json.dumps(report))
     svg = paths[1].read_text()
-    assert svg.startswith("<svg") and "avg. length 1.00 (complete)" in svg and "exit 2" in svg
+    assert svg.startswith("<svg") and "average length 1.00" in svg and "exit 2" in svg
     assert not list((tmp_path / "out").glob("*.tmp"))
 
 
