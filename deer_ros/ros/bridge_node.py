@@ -177,6 +177,7 @@ class CalvinBridgeNode(Node):
         self.invalid_actions = 0  # replay: actions with NaN/Inf or a bad compute record, not scored
         self.unconfirmed_instructions = 0  # instruction_active did not confirm within instruction_timeout_s
         self._warned_no_handshake = False
+        self.budgets_seen: set[float] = set()  # the policy's flops_budget as its actions report it
         self.failed: str | None = None
         self.partial: str | None = None  # why the run stopped early (then the report is partial)
         self.chains: list = []    # sim chains: ChainResult, appended as they start
@@ -232,6 +233,7 @@ class CalvinBridgeNode(Node):
                 return  # an answer to a re-sent frame, or from another run
             pending.answer = msg
             self.latency.add(time.monotonic() - pending.sent_at)
+            self.budgets_seen.add(round(float(msg.flops_budget), 6))
             if not pending.lockstep:
                 del self._pending[key]
             self._answered.notify_all()
@@ -488,10 +490,13 @@ class CalvinBridgeNode(Node):
         if self.mode == "sim":
             from deer_ros.calvin.report import chains_report, episodes_report
 
+            with self._answered:
+                budgets = sorted(self.budgets_seen)
             settings = {**values(self, BRIDGE_PARAMETERS), "instructions": self.get_parameter("calvin_path").value
                         or "packaged new_playtable_validation.yaml (deer_ros/calvin/assets)",
                         "eval_sequences": self.get_parameter("eval_sequences").value
-                        or "CALVIN's standard 1000, generated"}
+                        or "CALVIN's standard 1000, generated",
+                        "policy_flops_budgets": budgets}
             make = episodes_report if self.sim_start == "episodes" else chains_report
             report = make(self.episodes if self.sim_start == "episodes" else self.chains, settings,
                           partial=self.partial is not None, reason=self.partial)

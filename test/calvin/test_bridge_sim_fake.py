@@ -85,6 +85,7 @@ def test_a_nan_mid_chain_fails_that_chain_and_the_evaluation_goes_on(sim_bridge,
     assert m["success_rates"]["2"] == 0.5
     assert m["exit_histogram"] == {"1": 5 + 2 + 25} and m["mean_gflops"] == pytest.approx(0.5)
     assert report["settings"]["eval_sequences"].endswith("eval_sequences.json")
+    assert report["settings"]["policy_flops_budgets"] == [0.0]  # as the policy's actions reported it
     plot = (tmp_path / "report.svg").read_text()
     assert "average length 3.00" in plot and "complete" in plot and plot.count("<rect") > 5
 
