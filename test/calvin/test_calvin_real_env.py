@@ -152,3 +152,17 @@ def test_a_nan_mid_chain_then_sigint_gives_a_report_complete_as_far_as_it_went(l
     assert "non-finite" in first["subtasks"][0]["fault"]
     assert not second["complete"]
     assert report["lh_mtlc"]["faults"] == 1 and report["lh_mtlc"]["chains"] == 1
+
+
+def test_egl_rendering_switch():
+    """use_egl loads pybullet's EGL plugin (a GPU's, or Mesa's software EGL on a machine without one)."""
+    from deer_ros.calvin.protocol import initial_state_to_obs
+    from deer_ros.calvin.sim import CalvinSim
+
+    sim = CalvinSim(VALIDATION, use_egl=True)
+    try:
+        assert sim.env.use_egl
+        obs = sim.reset(*initial_state_to_obs(STATE))
+        assert obs.rgb_static.shape == (200, 200, 3) and obs.rgb_static.std() > 10  # a rendered scene, not blank
+    finally:
+        sim.close()
