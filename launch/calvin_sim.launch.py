@@ -21,7 +21,8 @@ def generate_launch_description() -> LaunchDescription:
     config = PathJoinSubstitution([FindPackageShare("deer_ros"), "config"])
     arguments = [
         DeclareLaunchArgument("dataset", default_value="",
-                              description="CALVIN dataset root or split (its .hydra config builds the scene); '' = sample"),
+                              description="CALVIN dataset root or split (its .hydra config builds the scene); "
+                              "'' = the sample"),
         DeclareLaunchArgument("split", default_value="validation",
                               description="training or validation"),
         DeclareLaunchArgument("sim_start", default_value="chains",

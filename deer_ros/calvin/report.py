@@ -140,7 +140,8 @@ def plot_svg(report: dict) -> str:
         left = _bars(0, f"{summary['chains']} chains, average length {summary['avg_len']:.2f}",
                      [f"{i}/{CHAIN_LENGTH}" for i in range(1, CHAIN_LENGTH + 1)],
                      [("chains with i tasks done in a row", "#1f6fb4", rates)], "%", state)
-    exits = sorted({int(k) for k in summary["exit_histogram"]} | {int(k) for k in summary["successful"]["exit_histogram"]})
+    exits = sorted({int(k) for hist in (summary["exit_histogram"], summary["successful"]["exit_histogram"])
+                    for k in hist})
 
     def shares(hist: dict) -> list[float]:
         total = sum(hist.values()) or 1

@@ -30,7 +30,8 @@ class ProbePolicy:
     def __init__(self, probe: Probe, status_delay_s: float | None = None, answer_delay_s: float = 0.0,
                  answer: Callable[[int], np.ndarray | None] = lambda n: np.zeros(7),
                  replay_expert: bool = False) -> None:
-        self.probe, self.status_delay_s, self.answer_delay_s, self.answer = probe, status_delay_s, answer_delay_s, answer
+        self.probe, self.answer = probe, answer
+        self.status_delay_s, self.answer_delay_s = status_delay_s, answer_delay_s
         self.events: list[tuple[str, object]] = []  # ('instruction', text) / ('status', text) / ('frame', stamp)
         self.frames: list[tuple[int, int]] = []      # every camera frame received, re-sends included
         self._due: list[tuple[float, str, object]] = []
