@@ -118,3 +118,21 @@ def test_max_frames_in_sim_ends_the_run_with_a_partial_report(sim_bridge, probe)
     assert report["partial"] is True and "max_frames reached (12 frames)" in report["reason"]
     assert report["bridge"]["frames_sent"] == 12
     assert [s["success"] for s in report["chains"][0]["subtasks"]] == [True, True]
+
+
+def test_without_eval_sequences_the_standard_chains_are_used(sim_bridge, probe, tmp_path, monkeypatch):
+    from deer_ros.calvin.protocol import EvalSequence
+    from deer_ros.calvin.sequences import STANDARD_COUNT, write_sequences
+    from deer_ros.ros.policy_probe import ProbePolicy
+
+    # A cache of the standard set, as a first run leaves it (generating it here would take a minute).
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    other = ("turn_on_led", "open_drawer", "rotate_red_block_left", "move_slider_left", "lift_red_block_table")
+    write_sequences([EvalSequence(STATE, other)] + [EvalSequence(STATE, tuple(CHAIN))] * (STANDARD_COUNT - 1),
+                    tmp_path / "cache" / "deer_ros" / f"calvin_eval_sequences_{STANDARD_COUNT}.json")
+    ProbePolicy(probe, status_delay_s=0.0, answer=lambda n: FORWARD)
+    node = sim_bridge(eval_sequences="", num_chains=1)
+    probe.spin_until(node.done.is_set, 120, "the evaluation to end")
+    report = _report(node)
+    assert [c["tasks"] for c in report["chains"]] == [list(other)]
+    assert report["settings"]["eval_sequences"] == "CALVIN's standard 1000, generated"
