@@ -27,18 +27,19 @@ if TYPE_CHECKING:
 SUBTASK_STEPS = 360  # CALVIN evaluate_policy EP_LEN: steps allowed per subtask
 CHAIN_LENGTH = 5     # subtasks per chain
 ASSETS = Path(__file__).resolve().parent / "assets"
-CANONICAL_INSTRUCTIONS_FILE = ASSETS / "canonical_instructions.yaml"
+CANONICAL_INSTRUCTIONS_FILE = ASSETS / "validation_instructions.yaml"
 VALIDATION_YAML = Path("calvin_models") / "conf" / "annotations" / "new_playtable_validation.yaml"
 
-# The initial-condition vocabulary of CALVIN's multistep_sequences.get_sequences, in its key order.
+# The initial-condition vocabulary of CALVIN's multistep_sequences.get_sequences, in its key and value order
+# (the order fixes the order of the initial states, hence their seeds: deer_ros.calvin.sequences).
 INITIAL_STATE_VALUES: dict[str, tuple] = {
     "led": (0, 1),
     "lightbulb": (0, 1),
-    "slider": ("left", "right"),
-    "drawer": ("open", "closed"),
-    "red_block": ("table", "slider_left", "slider_right"),
-    "blue_block": ("table", "slider_left", "slider_right"),
-    "pink_block": ("table", "slider_left", "slider_right"),
+    "slider": ("right", "left"),
+    "drawer": ("closed", "open"),
+    "red_block": ("table", "slider_right", "slider_left"),
+    "blue_block": ("table", "slider_right", "slider_left"),
+    "pink_block": ("table", "slider_right", "slider_left"),
     "grasped": (0,),
 }
 
@@ -76,8 +77,14 @@ def _read_instruction_yaml(path: Path) -> dict[str, str]:
 
 
 def canonical_instructions() -> dict[str, str]:
-    """task id -> canonical instruction, from the packaged table (CALVIN's new_playtable_validation.yaml)."""
-    return _read_instruction_yaml(CANONICAL_INSTRUCTIONS_FILE)
+    """task id -> the benchmark's evaluation instruction (the first sentence of each task in CALVIN's
+    new_playtable_validation.yaml), from the packaged table (assets/validation_instructions.yaml)."""
+    try:
+        families = yaml.safe_load(CANONICAL_INSTRUCTIONS_FILE.read_text())["instructions"]
+        return {str(task): str(text) for tasks in families.values() for task, text in tasks.items()}
+    except (OSError, yaml.YAMLError, KeyError, TypeError, AttributeError) as exc:
+        raise ProtocolError(f"{CANONICAL_INSTRUCTIONS_FILE}: the packaged instruction table is damaged ({exc}); "
+                            "reinstall deer_ros") from exc
 
 
 def load_validation_instructions(calvin_path: str | os.PathLike) -> dict[str, str]:
@@ -210,8 +217,12 @@ class SubtaskEnv(Protocol):
 class ChainPolicy(Protocol):
     def reset(self) -> None: ...  # clear the history: called before every subtask
     def act(self, obs: SimObservation, instruction: str) -> Any: ...
-    # act returns the (7,) action, or an object with `.action` and optionally `.gflops` and `.layers`
-    # (deer_ros.model.policy.StepResult), whose compute is then counted.
+    # act returns the (7,) action, or an object with `.action` and optionally `.gflops`, `.layers` and
+    # `.exit_index` (deer_ros.model.policy.StepResult), whose compute is then counted.
+
+
+class InvalidAction(ValueError):
+    """An action the simulator must not execute (NaN, Inf, wrong shape): the subtask fails, the run goes on."""
 
 
 @dataclass
@@ -222,12 +233,16 @@ class SubtaskResult:
     steps: int
     gflops: float = 0.0  # summed over the steps
     layers: int = 0      # summed over the steps
+    exits: dict[int, int] = field(default_factory=dict)  # exit index -> steps that left there
+    clipped: int = 0     # steps whose pose values were clipped to [-1, 1] before the simulator got them
+    fault: str = ""      # why the subtask was failed without running out of steps (e.g. a NaN action)
 
 
 @dataclass
 class ChainResult:
     sequence: EvalSequence
     subtasks: list[SubtaskResult] = field(default_factory=list)
+    complete: bool = False  # False while running, and for a chain cut short (SIGINT, a lost policy)
 
     @property
     def successes(self) -> int:
@@ -235,30 +250,39 @@ class ChainResult:
         return sum(s.success for s in self.subtasks)
 
 
-def _split_policy_output(out: Any) -> tuple[np.ndarray, float, int]:
+def _split_policy_output(out: Any) -> tuple[np.ndarray, float, int, int]:
     if hasattr(out, "action"):
-        return np.asarray(out.action), float(getattr(out, "gflops", 0.0)), int(getattr(out, "layers", 0))
-    return np.asarray(out), 0.0, 0
+        return (np.asarray(out.action), float(getattr(out, "gflops", 0.0)), int(getattr(out, "layers", 0)),
+                int(getattr(out, "exit_index", 0)))
+    return np.asarray(out), 0.0, 0, 0
 
 
 def run_subtask(env: SubtaskEnv, policy: ChainPolicy, obs: SimObservation, task: str, instruction: str,
                 max_steps: int = SUBTASK_STEPS, recorder: CalvinRecorder | None = None
                 ) -> tuple[SubtaskResult, SimObservation]:
     """One subtask from `obs`: up to `max_steps` policy steps, stopping at the oracle's first success.
+    An invalid action (InvalidAction from the simulator) fails the subtask at once, with the reason in `fault`.
     With a `recorder`, every (observation, applied action) is recorded and the subtask becomes an episode."""
     policy.reset()
     env.start_subtask()
     result = SubtaskResult(task, instruction, success=False, steps=0)
     for _ in range(max_steps):
-        action, gflops, layers = _split_policy_output(policy.act(obs, instruction))
-        next_obs, applied = env.step(action)
+        action, gflops, layers, exit_index = _split_policy_output(policy.act(obs, instruction))
+        try:
+            next_obs, applied = env.step(action)
+        except InvalidAction as exc:
+            result.fault = f"step {result.steps}: {exc}"
+            break
+        result.gflops += gflops
+        result.layers += layers
+        if exit_index:
+            result.exits[exit_index] = result.exits.get(exit_index, 0) + 1
+        result.clipped += int(action.shape == (7,) and not np.array_equal(applied[:6], action[:6]))
         if recorder is not None:
             recorder.add_frame(obs.rgb_static, obs.rgb_gripper, applied,
                                robot_obs=obs.robot_obs, scene_obs=obs.scene_obs)
         obs = next_obs
         result.steps += 1
-        result.gflops += gflops
-        result.layers += layers
         if env.subtask_done(task):
             result.success = True
             break
@@ -268,60 +292,85 @@ def run_subtask(env: SubtaskEnv, policy: ChainPolicy, obs: SimObservation, task:
 
 
 def run_chain(env: SubtaskEnv, policy: ChainPolicy, sequence: EvalSequence, instructions: Mapping[str, str],
-              max_steps: int = SUBTASK_STEPS, recorder: CalvinRecorder | None = None) -> ChainResult:
-    """One LH-MTLC chain: reset to its initial state once, then its subtasks until the first failure."""
+              max_steps: int = SUBTASK_STEPS, recorder: CalvinRecorder | None = None,
+              chain: ChainResult | None = None) -> ChainResult:
+    """One LH-MTLC chain: reset to its initial state once, then its subtasks until the first failure.
+    `chain` (optional) is filled in place as subtasks finish, so a caller keeps what ran if the chain is cut."""
     texts = [instruction_for(task, instructions) for task in sequence.tasks]  # fail before running anything
     obs = env.reset(*initial_state_to_obs(sequence.initial_state))
-    chain = ChainResult(sequence)
+    chain = ChainResult(sequence) if chain is None else chain
     for task, instruction in zip(sequence.tasks, texts):
         result, obs = run_subtask(env, policy, obs, task, instruction, max_steps, recorder)
         chain.subtasks.append(result)
         if not result.success:
             break
+    chain.complete = True
     return chain
 
 
 def run_lh_mtlc(env: SubtaskEnv, policy: ChainPolicy, sequences: Sequence[EvalSequence],
                 instructions: Mapping[str, str] | None = None, max_steps: int = SUBTASK_STEPS,
                 recorder: CalvinRecorder | None = None,
-                on_chain: Callable[[int, ChainResult], None] | None = None) -> list[ChainResult]:
-    """Run every chain in order; `on_chain(i, result)` is called after each (progress, logging)."""
+                on_chain: Callable[[int, ChainResult], None] | None = None,
+                results: list[ChainResult] | None = None) -> list[ChainResult]:
+    """Run every chain in order; `on_chain(i, result)` is called after each (progress, logging).
+
+    `results` (optional) is the list the chains are appended to as they start, so that whatever stops the run
+    (an exception, a signal) leaves every finished chain and the unfinished one (complete=False) with the caller.
+    """
     instructions = canonical_instructions() if instructions is None else instructions
-    results = []
+    results = [] if results is None else results
     for i, sequence in enumerate(sequences):
-        results.append(run_chain(env, policy, sequence, instructions, max_steps, recorder))
+        chain = ChainResult(sequence)
+        results.append(chain)
+        run_chain(env, policy, sequence, instructions, max_steps, recorder, chain)
         if on_chain is not None:
-            on_chain(i, results[-1])
+            on_chain(i, chain)
     return results
 
 
-def lh_mtlc_metrics(results: Sequence[ChainResult]) -> dict:
-    """JSON-ready summary: success rate for 1..5, average successful length, per-task counts and compute.
+def compute_means(subtasks: Sequence[SubtaskResult]) -> dict:
+    steps = sum(s.steps for s in subtasks)
+    exits: dict[int, int] = {}
+    for s in subtasks:
+        for index, n in s.exits.items():
+            exits[index] = exits.get(index, 0) + n
+    counted = sum(exits.values())
+    return {"steps": steps,
+            "mean_gflops": sum(s.gflops for s in subtasks) / steps if steps else None,
+            "mean_layers": sum(s.layers for s in subtasks) / steps if steps else None,
+            "mean_exit": sum(i * n for i, n in exits.items()) / counted if counted else None,
+            "exit_histogram": {str(i): exits[i] for i in sorted(exits)}}
 
-    `mean_gflops` averages over every step; `mean_gflops_successful` over the steps of successful subtasks only
-    (the convention of DeeR's reported average exit).
+
+def lh_mtlc_metrics(results: Sequence[ChainResult]) -> dict:
+    """JSON-ready summary: success rate for 1..5 and average successful length over the complete chains,
+    per-task counts, faults and clipping, and compute.
+
+    Compute (`mean_gflops`, `mean_layers`, `mean_exit`, `exit_histogram`) is given over every step and, under
+    `successful`, over the steps of successful subtasks only (the convention of DeeR's reported average exit).
+    Subtasks of an unfinished chain count in the compute and the per-task counts but not in the success rates.
     """
-    lengths = np.array([r.successes for r in results])
+    complete = [r for r in results if r.complete]
+    lengths = np.array([r.successes for r in complete])
     subtasks = [s for r in results for s in r.subtasks]
     per_task: dict[str, dict[str, int]] = {}
     for s in subtasks:
         counts = per_task.setdefault(s.task, {"attempts": 0, "successes": 0})
         counts["attempts"] += 1
         counts["successes"] += int(s.success)
-
-    def mean(values: Sequence[SubtaskResult], attr: str) -> float | None:
-        steps = sum(s.steps for s in values)
-        return sum(getattr(s, attr) for s in values) / steps if steps else None
-
-    successful = [s for s in subtasks if s.success]
+    compute = compute_means(subtasks)
+    successful = compute_means([s for s in subtasks if s.success])
     return {
-        "chains": len(results),
-        "success_rates": {str(i): float(np.mean(lengths >= i)) if len(results) else 0.0
+        "chains": len(complete),
+        "unfinished_chains": len(results) - len(complete),
+        "success_rates": {str(i): float(np.mean(lengths >= i)) if len(complete) else 0.0
                           for i in range(1, CHAIN_LENGTH + 1)},
-        "avg_len": float(lengths.mean()) if len(results) else 0.0,
+        "avg_len": float(lengths.mean()) if len(complete) else 0.0,
         "per_task": dict(sorted(per_task.items())),
-        "steps": sum(s.steps for s in subtasks),
-        "mean_gflops": mean(subtasks, "gflops"),
-        "mean_layers": mean(subtasks, "layers"),
-        "mean_gflops_successful": mean(successful, "gflops"),
+        **compute,
+        "mean_gflops_successful": successful["mean_gflops"],
+        "successful": successful,
+        "faults": sum(bool(s.fault) for s in subtasks),
+        "clipped_steps": sum(s.clipped for s in subtasks),
     }

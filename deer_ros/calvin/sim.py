@@ -21,15 +21,16 @@ from typing import Any
 
 import numpy as np
 
-from deer_ros.calvin.protocol import SimObservation
+from deer_ros.calvin.protocol import InvalidAction, SimObservation
 
-CALVIN_ENV_INSTALL = """calvin_env is not installed (it is not on PyPI). Install it from source into this environment:
-    git clone --recursive https://github.com/mees/calvin_env.git   # --recursive also fetches the tacto submodule
-    pip install -e calvin_env/tacto
-    pip install -e calvin_env
-It needs pybullet, hydra-core, omegaconf, gym, numpy-quaternion and scipy (see calvin_env's setup). Render
-with EGL on a GPU machine for textures that match the CALVIN data (the split's .hydra/merged_config.yaml sets
-use_egl)."""
+CALVIN_ENV_INSTALL = """calvin_env is not installed (it is not on PyPI). Install it from source into this environment
+(docs/calvin.md; tested with calvin_env 797142c, pybullet 3.2.7, numpy 2):
+    git clone https://github.com/mees/calvin_env.git    # the tacto submodule is not needed
+    pip install pybullet==3.2.7 gym hydra-core omegaconf numpy-quaternion scipy opencv-python-headless gitpython
+    pip install --no-deps -e calvin_env
+Do not install tacto (the tactile sensor): its urdfpy pins networkx 2.2, which does not import on Python >= 3.10.
+The RGB cameras do not need it; the bridge drops a tactile camera from the split's config."""
+RGB_CAMERAS = ("static", "gripper")  # the cameras the bridge publishes; others (tactile: needs tacto) are dropped
 TASKS_YAML = Path("conf") / "tasks" / "new_playtable_tasks.yaml"  # inside the calvin_env checkout
 
 
@@ -49,14 +50,19 @@ def require_calvin_env():
 def to_env_action(action) -> np.ndarray:
     """A policy action -> the (7,) float64 relative action calvin_env accepts.
 
-    The six pose values are clipped to [-1, 1] (the policy's range; calvin_env does not clip), the gripper becomes
-    +1 (open) when positive and -1 (close) otherwise. Non-finite actions are refused: they must never reach a robot.
+    The six pose values are clipped to [-1, 1] (the policy's range; calvin_env does not clip, so CALVIN passes
+    larger values through; the protocol counts every clipped step and the report shows the count), the gripper
+    becomes +1 (open) when positive and -1 (close) otherwise. Non-finite or misshapen actions raise InvalidAction:
+    they must never reach a robot.
     """
-    a = np.asarray(action, dtype=np.float64).reshape(-1)
+    try:
+        a = np.asarray(action, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError) as exc:
+        raise InvalidAction(f"not a numeric action: {action!r}") from exc
     if a.shape != (7,):
-        raise ValueError(f"a CALVIN action has 7 values (xyz, euler, gripper), got shape {np.shape(action)}")
+        raise InvalidAction(f"a CALVIN action has 7 values (xyz, euler, gripper), got shape {np.shape(action)}")
     if not np.all(np.isfinite(a)):
-        raise ValueError(f"refusing a non-finite action: {a.tolist()}")
+        raise InvalidAction(f"refusing a non-finite action: {a.tolist()}")
     out = np.empty(7)
     out[:6] = np.clip(a[:6], -1.0, 1.0)
     out[6] = 1.0 if a[6] > 0 else -1.0
@@ -86,6 +92,29 @@ def observation(obs: dict) -> SimObservation:
                           scene_obs=np.asarray(obs["scene_obs"], dtype=np.float64))
 
 
+def make_env(split_dir: Path, use_egl: bool = False, show_gui: bool = False) -> Any:
+    """calvin_env's PlayTableSimEnv for a CALVIN split, as calvin_env's get_env() builds it, with two changes:
+    only the RGB cameras are kept (a dataset rendered with a tactile sensor would need tacto), and EGL rendering
+    is chosen here instead of by the split's config."""
+    require_calvin_env()
+    import hydra
+    from omegaconf import OmegaConf
+
+    config = split_dir / ".hydra" / "merged_config.yaml"
+    if not config.is_file():
+        raise FileNotFoundError(f"{config}: not found; calvin_env builds the simulator from a CALVIN split's "
+                                ".hydra/merged_config.yaml (give e.g. <dataset>/validation)")
+    conf = OmegaConf.load(config)
+    missing = [name for name in RGB_CAMERAS if name not in conf.cameras]
+    if missing:
+        raise FileNotFoundError(f"{config}: no {' and no '.join(missing)} camera; the bridge publishes the static "
+                                "and the gripper camera")
+    for name in [name for name in conf.cameras if name not in RGB_CAMERAS]:
+        del conf.cameras[name]
+    conf.env.use_egl = bool(use_egl)
+    return hydra.utils.instantiate(conf.env, show_gui=show_gui, use_vr=False, use_scene_info=True)
+
+
 class CalvinSim:
     """The CALVIN simulator as `deer_ros.calvin.protocol.SubtaskEnv`.
 
@@ -95,19 +124,10 @@ class CalvinSim:
     """
 
     def __init__(self, dataset_split_dir: str | os.PathLike, env: Any = None, task_oracle: Any = None,
-                 show_gui: bool = False, tasks_yaml: str | os.PathLike | None = None) -> None:
+                 show_gui: bool = False, tasks_yaml: str | os.PathLike | None = None, use_egl: bool = False) -> None:
         self.split_dir = Path(dataset_split_dir).expanduser()
-        if env is None:
-            require_calvin_env()
-            config = self.split_dir / ".hydra" / "merged_config.yaml"
-            if not config.is_file():
-                raise FileNotFoundError(f"{config}: not found; calvin_env builds the simulator from a CALVIN "
-                                        "split's .hydra/merged_config.yaml (give e.g. <dataset>/validation)")
-            from calvin_env.envs.play_table_env import get_env
-
-            env = get_env(self.split_dir, show_gui=show_gui)
-        self.env = env
         self.oracle = task_oracle if task_oracle is not None else load_task_oracle(tasks_yaml)
+        self.env = env if env is not None else make_env(self.split_dir, use_egl=use_egl, show_gui=show_gui)
         self.steps = 0  # env steps since construction
         self._start_info: dict | None = None
         self._info: dict | None = None
@@ -141,4 +161,9 @@ class CalvinSim:
         return len(self.oracle.get_task_info_for_set(self._start_info, self._info, {task})) > 0
 
     def close(self) -> None:
-        self.env.close()
+        """Disconnect the simulator (idempotent)."""
+        if self.env is not None:
+            self.env.close()
+            if hasattr(self.env, "cid"):
+                self.env.cid = -1  # calvin_env's __del__ closes again, and pybullet raises on a second disconnect
+            self.env = None

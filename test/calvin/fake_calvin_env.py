@@ -25,10 +25,12 @@ class FakeCalvinEnv:
         self.scene_obs = np.zeros(24)
         self.received: list[np.ndarray] = []  # the actions exactly as passed to step()
         self.resets = 0
+        self.closed = False
 
     def reset(self, robot_obs=None, scene_obs=None):
+        # Like calvin_env's Robot.reset: the pose comes from robot_obs, the gripper command does not (the last
+        # command stays in force until the next step; robot_obs[14] is ignored).
         self.tcp = np.array(robot_obs[:6], dtype=np.float64)
-        self.gripper_action = int(robot_obs[14])
         self.scene_obs = np.array(scene_obs, dtype=np.float64)
         self.resets += 1
         return self.get_obs()
@@ -63,7 +65,7 @@ class FakeCalvinEnv:
                 "scene_info": {}}
 
     def close(self) -> None:
-        pass
+        self.closed = True
 
 
 class FakeTaskOracle:

@@ -26,7 +26,6 @@ CHAIN = ["open_drawer", "turn_on_led", "move_slider_left", "lift_red_block_table
 def test_canonical_table_covers_the_calvin_tasks(sample_root):
     table = canonical_instructions()
     assert len(table) == 34
-    assert table["open_drawer"] == "open the drawer"
     sample_tasks = {e["task"] for e in json.loads((sample_root / "episodes.json").read_text())["episodes"]}
     assert sample_tasks <= set(table)
 
@@ -116,8 +115,8 @@ def test_initial_state_semantics():
 class ScriptedPolicy:
     """Moves +x at full speed for the instructions it 'knows', stands still (gripper open) otherwise."""
 
-    def __init__(self, known: set[str], gflops: float | None = None) -> None:
-        self.known, self.gflops = known, gflops
+    def __init__(self, known: set[str], gflops: float | None = None, nan_at: int | None = None) -> None:
+        self.known, self.gflops, self.nan_at = known, gflops, nan_at
         self.resets = 0
         self.instructions: list[str] = []
 
@@ -127,9 +126,12 @@ class ScriptedPolicy:
     def act(self, obs, instruction):
         self.instructions.append(instruction)
         action = np.array([1.5 if instruction in self.known else 0.0, 0, 0, 0, 0, 0, 1.0])
+        if len(self.instructions) == self.nan_at:
+            action[2] = np.nan
         if self.gflops is None:
             return action
-        return type("Step", (), {"action": action, "gflops": self.gflops, "layers": 3})()
+        exit_index = 1 + len(self.instructions) % 2
+        return type("Step", (), {"action": action, "gflops": self.gflops, "layers": 3, "exit_index": exit_index})()
 
 
 def _sim() -> CalvinSim:
@@ -148,7 +150,8 @@ def test_chain_stops_at_the_first_failure():
     ]                                       # lift_red_block_table is never tried
     assert result.successes == 2
     assert policy.resets == 3 and sim.steps == 5 + 5 + SUBTASK_STEPS
-    assert policy.instructions[0] == "open the drawer" and policy.instructions[-1] == "slide the door to the left"
+    assert policy.instructions[0] == "pull the handle to open the drawer"
+    assert policy.instructions[-1] == "push the sliding door to the left side"
     assert sim.env.resets == 1  # one reset per chain, none between subtasks
 
 
@@ -184,12 +187,44 @@ def test_run_lh_mtlc_metrics_and_compute():
     assert m["mean_gflops"] == pytest.approx(2.5) and m["mean_layers"] == pytest.approx(3.0)
 
 
+def test_a_nan_action_fails_its_subtask_and_chain_and_the_evaluation_goes_on():
+    table = canonical_instructions()
+    # Every task 'known': the first subtask succeeds in 5 steps, the 8th action (3rd of subtask 2) is NaN.
+    policy = ScriptedPolicy({table[t] for t in CHAIN}, gflops=1.0, nan_at=8)
+    sim = _sim()
+    results = run_lh_mtlc(sim, policy, [EvalSequence(STATE, tuple(CHAIN))] * 2, table)
+    first, second = results
+    assert [(s.success, s.steps) for s in first.subtasks] == [(True, 5), (False, 2)]
+    assert "non-finite" in first.subtasks[1].fault and first.complete
+    assert second.successes == 5 and second.complete  # the next chain ran in full
+    assert len(sim.env.received) == 5 + 2 + 25  # the NaN action never reached the simulator
+    m = lh_mtlc_metrics(results)
+    assert m["faults"] == 1 and m["chains"] == 2 and m["avg_len"] == 3.0
+    assert m["clipped_steps"] == 32  # every executed step had x = 1.5, clipped to 1
+    assert m["steps"] == 32 and m["mean_gflops"] == pytest.approx(1.0)
+
+
+def test_exits_and_compute_over_all_steps_and_over_successful_subtasks():
+    chain = ChainResult(EvalSequence(STATE, tuple(CHAIN)), [
+        SubtaskResult("open_drawer", "i", True, 4, gflops=8.0, layers=8, exits={1: 2, 3: 2}),
+        SubtaskResult("turn_on_led", "i", False, 6, gflops=6.0, layers=6, exits={1: 6})], complete=True)
+    unfinished = ChainResult(EvalSequence(STATE, tuple(CHAIN)),
+                             [SubtaskResult("open_drawer", "i", True, 10, gflops=10.0, layers=10, exits={2: 10})])
+    m = lh_mtlc_metrics([chain, unfinished])
+    assert m["chains"] == 1 and m["unfinished_chains"] == 1 and m["avg_len"] == 1.0  # only complete chains
+    assert m["exit_histogram"] == {"1": 8, "2": 10, "3": 2}
+    assert m["mean_exit"] == pytest.approx((8 + 20 + 6) / 20)
+    assert m["successful"]["exit_histogram"] == {"1": 2, "2": 10, "3": 2}
+    assert m["successful"]["mean_exit"] == pytest.approx((2 + 20 + 6) / 14)
+    assert m["mean_gflops"] == pytest.approx(24 / 20) and m["successful"]["mean_gflops"] == pytest.approx(18 / 14)
+
+
 def test_metrics_by_hand():
     def chain(n_ok: int, failed: bool) -> ChainResult:
         subtasks = [SubtaskResult("t", "i", True, 10, gflops=10.0, layers=20) for _ in range(n_ok)]
         if failed:
             subtasks.append(SubtaskResult("t", "i", False, 360, gflops=0.0, layers=360))
-        return ChainResult(EvalSequence(STATE, tuple(CHAIN)), subtasks)
+        return ChainResult(EvalSequence(STATE, tuple(CHAIN)), subtasks, complete=True)
 
     m = lh_mtlc_metrics([chain(5, False), chain(2, True), chain(0, True), chain(3, True)])
     assert m["success_rates"] == {"1": 0.75, "2": 0.75, "3": 0.5, "4": 0.25, "5": 0.25}
@@ -208,7 +243,8 @@ def test_sim_run_recorded_as_a_calvin_split(tmp_path):
                            recorder=recorder)
     split = CalvinSplit(tmp_path / "run")
     assert [(s.start, s.end, s.task, s.instruction) for s in split.segments()] == [
-        (0, 4, "open_drawer", "open the drawer"), (5, 12, "turn_on_led", "turn on the led light")]
+        (0, 4, "open_drawer", "pull the handle to open the drawer"),
+        (5, 12, "turn_on_led", "press the button to turn on the led light")]
     assert [s.steps for s in result.subtasks] == [5, 8]
     frame = split.frame(1)
     np.testing.assert_array_equal(frame.rel_actions, [1, 0, 0, 0, 0, 0, 1])  # the clipped action applied

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from fake_calvin_env import FakeCalvinEnv, FakeTaskOracle
 
+from deer_ros.calvin.protocol import InvalidAction
 from deer_ros.calvin.sim import CalvinEnvMissing, CalvinSim, require_calvin_env, to_env_action
 
 
@@ -22,9 +23,10 @@ def test_to_env_action_clips_pose_and_makes_the_gripper_plus_or_minus_one():
     ([0] * 6, "7 values"),
     ([0] * 6 + [float("nan")], "non-finite"),
     ([float("inf")] + [0] * 6, "non-finite"),
+    (["a"] * 7, "not a numeric action"),
 ])
 def test_to_env_action_refuses_bad_actions(action, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(InvalidAction, match=message):
         to_env_action(action)
 
 
@@ -47,14 +49,26 @@ def test_step_applies_a_clipped_copy_and_counts():
     assert sim.steps == 2
 
 
-def test_reset_passes_the_full_state():
+def test_reset_passes_the_full_state_and_keeps_the_last_gripper_command():
     sim, env, _ = _sim()
     robot_obs = np.arange(15) / 100
     robot_obs[14] = -1
     obs = sim.reset(robot_obs, np.arange(24.0))
     np.testing.assert_array_equal(obs.robot_obs[:6], robot_obs[:6])
     np.testing.assert_array_equal(obs.scene_obs, np.arange(24.0))
-    assert env.gripper_action == -1 and env.resets == 1
+    assert env.resets == 1
+    # calvin_env's reset leaves the gripper command as it was (CALVIN's own evaluation relies on the same):
+    # the first step of a chain sets it.
+    assert obs.robot_obs[14] == 1
+    sim.step([0, 0, 0, 0, 0, 0, -1])
+    assert sim.reset(np.zeros(15), np.zeros(24)).robot_obs[14] == -1
+
+
+def test_close_closes_the_simulator_once():
+    sim, env, _ = _sim()
+    sim.close()
+    sim.close()
+    assert env.closed and sim.env is None
 
 
 def test_success_is_judged_against_the_subtask_start():
@@ -76,10 +90,13 @@ def test_success_is_judged_against_the_subtask_start():
 
 def test_missing_calvin_env_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "calvin_env", None)  # makes `import calvin_env` fail, as on this machine
-    with pytest.raises(CalvinEnvMissing, match="git clone --recursive https://github.com/mees/calvin_env.git"):
+    with pytest.raises(CalvinEnvMissing, match="git clone https://github.com/mees/calvin_env.git"):
         require_calvin_env()
-    with pytest.raises(CalvinEnvMissing, match="pip install -e calvin_env/tacto"):
+    with pytest.raises(CalvinEnvMissing, match="pip install --no-deps -e calvin_env") as missing:
         CalvinSim("data/calvin_sample/validation")
+    message = str(missing.value)
+    assert "opencv-python-headless" in message and "gitpython" in message and "pybullet==3.2.7" in message
+    assert "Do not install tacto" in message
     # An injected env still needs the oracle from calvin_env unless one is given.
     with pytest.raises(CalvinEnvMissing):
         CalvinSim("x", env=FakeCalvinEnv())
