@@ -141,8 +141,9 @@ class Calibration:
         actual = checkpoint_fingerprint(checkpoint)
         if actual == recorded:
             return None
+        made_for, found = recorded.removeprefix("sampled:")[:12], actual.removeprefix("sampled:")[:12]
         return (f"the calibration was made for checkpoint {self.meta.get('checkpoint', '?')} (fingerprint "
-                f"{recorded.removeprefix('sampled:')[:12]}), not {checkpoint} ({actual.removeprefix('sampled:')[:12]}): "
+                f"{made_for}), not {checkpoint} ({found}): "
                 "its thresholds may miss the budget; re-run `deer-ros calibrate` for this checkpoint")
 
     # ------------------------------------------------------------------ files
@@ -249,7 +250,8 @@ def collect_calibration(policy: Any, segments: Iterable[SegmentFrames], criteria
                        measured, [e.layers for e in exits], segment_of, info)
 
 
-def calibration_for(checkpoint: str | os.PathLike, calibration: str | os.PathLike = "") -> tuple[Calibration | None, str]:
+def calibration_for(checkpoint: str | os.PathLike,
+                    calibration: str | os.PathLike = "") -> tuple[Calibration | None, str]:
     """The calibration a node should use for `checkpoint`, and a warning ('' when none).
 
     `calibration` '' means the one inside the model folder (the bundled demo model's when `checkpoint` is '' too);

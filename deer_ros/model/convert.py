@@ -91,7 +91,8 @@ def convert(out: str | Path | None, *, deer: str | Path | dict | None = None, ch
         result.calibration_from = f"the values cached in {deer}"
     if cal is not None:
         cal.for_exits([layer + 1 for layer in config.exit_layers[: len(_built_exits(config, max_exit))]])
-        result.notes.append(f"calibration: {cal.n_samples} samples x {cal.n_exits} exits from {result.calibration_from}")
+        result.notes.append(f"calibration: {cal.n_samples} samples x {cal.n_exits} exits "
+                            f"from {result.calibration_from}")
     if dry_run:
         return result
     source = {"deer": _name(deer), "checkpoint": _name(checkpoint), "vision_weights": _name(vision_weights),

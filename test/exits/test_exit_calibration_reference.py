@@ -84,7 +84,7 @@ def test_without_augmentation_or_history_it_matches_a_policy_step_from_a_zero_st
     for f in frames[: len(frames) - 2]:
         policy.reset()
         rec = []
-        policy.step(f.rgb_static, f.rgb_gripper, seg.instruction, lambda c: rec.append(
+        policy.step(f.rgb_static, f.rgb_gripper, seg.instruction, lambda c, rec=rec: rec.append(
             float(torch.sqrt(torch.mean((c.pose - c.prev_pose) ** 2)))) or False)
         seen.append(rec)
     np.testing.assert_allclose(cal.values["action_consistency"][:, 0::2], np.array(seen).T, rtol=1e-4, atol=1e-6)

@@ -26,7 +26,8 @@ def counts(result) -> dict[str, tuple[int, int, int, int]]:
 
 
 def test_deer3b_with_clip_mpt1b_and_openflamingo_maps_every_key():
-    result = convert(None, preset="of3b", deer=meta_deer_pth("deer3b_pth"), vision_weights=meta_state("openclip_vitl14"),
+    result = convert(None, preset="of3b", deer=meta_deer_pth("deer3b_pth"),
+                     vision_weights=meta_state("openclip_vitl14"),
                      mpt_weights=meta_state("mpt1b_hf"), openflamingo=meta_state("openflamingo3b_checkpoint"),
                      dry_run=True)
     assert counts(result) == {
@@ -48,7 +49,8 @@ def test_deer3b_with_clip_mpt1b_and_openflamingo_maps_every_key():
 
 
 def test_deer3b_needs_only_clip_besides_the_pth():
-    result = convert(None, preset="of3b", deer=meta_deer_pth("deer3b_pth"), vision_weights=meta_state("openclip_vitl14"),
+    result = convert(None, preset="of3b", deer=meta_deer_pth("deer3b_pth"),
+                     vision_weights=meta_state("openclip_vitl14"),
                      dry_run=True)
     assert len(result.assembly.tensors) == result.expected
     with pytest.raises(CheckpointError, match=r"296 missing: vision\.") as err:
@@ -57,7 +59,8 @@ def test_deer3b_needs_only_clip_besides_the_pth():
 
 
 def test_deer9b_with_clip_and_mpt7b_maps_every_key():
-    result = convert(None, preset="of9b", deer=meta_deer_pth("deer9b_pth"), vision_weights=meta_state("openclip_vitl14"),
+    result = convert(None, preset="of9b", deer=meta_deer_pth("deer9b_pth"),
+                     vision_weights=meta_state("openclip_vitl14"),
                      mpt_weights=meta_state("mpt7b_hf"), dry_run=True)
     assert counts(result) == {
         "CLIP weights": (446, 296, 150, 0),
@@ -80,7 +83,8 @@ def test_deer9b_with_the_3b_preset_is_refused_with_the_reason():
 
 
 def test_max_exit_skips_the_layers_not_built():
-    result = convert(None, preset="of3b", deer=meta_deer_pth("deer3b_pth"), vision_weights=meta_state("openclip_vitl14"),
+    result = convert(None, preset="of3b", deer=meta_deer_pth("deer3b_pth"),
+                     vision_weights=meta_state("openclip_vitl14"),
                      max_exit=2, dry_run=True)
     assert len(result.assembly.tensors) == result.expected
     assert len(result.assembly.skipped) == 8 * (8 + 11)  # layers 4..11 of the DeeR file

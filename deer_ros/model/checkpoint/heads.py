@@ -33,7 +33,8 @@ def mlp_groups(keys: dict[str, Any], prefix: str) -> list[tuple[int, str]]:
     return sorted(groups.items())
 
 
-def remap_head(src: dict[str, torch.Tensor], target: dict[str, tuple[int, ...]], source: str) -> dict[str, torch.Tensor]:
+def remap_head(src: dict[str, torch.Tensor], target: dict[str, tuple[int, ...]],
+               source: str) -> dict[str, torch.Tensor]:
     """A reference head's tensors under our head's names."""
     out = {k: v for k, v in src.items() if not k.startswith(("actions.mlp.", "gripper.mlp."))}
     for mlp in ("actions.mlp", "gripper.mlp"):
