@@ -30,7 +30,8 @@ def frame_ns(index: int) -> int:
     return int(round(index * 1e9 / CALVIN_HZ))
 
 
-def _messages(store, frame: Frame, ns: int) -> dict[str, object]:
+def frame_messages(store, frame: Frame, ns: int) -> dict[str, object]:
+    """The messages the bridge publishes for `frame`, stamped `ns`, as rosbags objects by topic."""
     m = store.types
     stamp = m["builtin_interfaces/msg/Time"](sec=ns // 1_000_000_000, nanosec=ns % 1_000_000_000)
 
@@ -61,7 +62,7 @@ def split_to_bag(split_dir: str | os.PathLike, bag: str | os.PathLike, select: s
             writer.write(T.INSTRUCTION_TOPIC, first, store.types[T.STRING](data=segment.instruction))
             for frame in split.frames(segment, keys=()):
                 ns = frame_ns(frame.index)
-                for topic, msg in _messages(store, frame, ns).items():
+                for topic, msg in frame_messages(store, frame, ns).items():
                     writer.write(topic, ns + 1, msg)  # +1: after the instruction that applies to it
         tasks = {s.instruction: s.task for s in segments if s.task}
         writer.set_custom_data(TASKS_KEY, json.dumps(tasks))

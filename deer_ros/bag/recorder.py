@@ -56,8 +56,10 @@ def record(path: str | os.PathLike, topics=T.DEFAULT_TOPICS, storage: str = "mca
            duration_s: float | None = None, node_name: str = "bag_recorder") -> dict[str, int]:
     """Record until SIGINT/SIGTERM (or `duration_s`); returns the message count per topic."""
     import rclpy
+    from rclpy.signals import SignalHandlerOptions
 
-    rclpy.init()
+    # Our own handlers: a stop must close the bag, not shut the context down under the spinning loop.
+    rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
     node = rclpy.create_node(node_name)
     recorder = BagRecorder(node, path, topics, storage)
     stop = []
