@@ -59,8 +59,13 @@ def typestore() -> Any:
     from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
     store = get_typestore(Stores.ROS2_KILTED)
+    files = sorted(MSG_DIR.glob("*.msg"))
+    if not files:
+        raise FileNotFoundError(f"{MSG_DIR}: deer_ros's .msg files are not there; bags need them for the message "
+                                "definitions. Use a source checkout (pip install -e .), where msg/ sits beside "
+                                "deer_ros/.")
     types: dict = {}
-    for path in sorted(MSG_DIR.glob("*.msg")):
+    for path in files:
         types.update(get_types_from_msg(path.read_text(), f"{PACKAGE}/msg/{path.stem}"))
     store.register(types)
     return store

@@ -89,3 +89,17 @@ def test_a_file_that_is_not_a_bag_gets_a_clear_error(tmp_path):
     (tmp_path / "notabag" / "x.mcap").write_bytes(b"hello")
     with pytest.raises(BagRepairError, match="not an MCAP file"):
         repair_bag(tmp_path / "notabag")
+
+
+def test_nothing_is_written_over(tmp_path, one_segment_bag, validation):
+    from deer_ros.bag.convert import bag_to_split, split_to_bag
+    from deer_ros.calvin.dataset import CalvinDatasetError
+
+    (tmp_path / "split").mkdir()
+    (tmp_path / "split" / "keep.txt").write_text("mine")
+    with pytest.raises(CalvinDatasetError, match="not empty"):
+        bag_to_split(one_segment_bag, tmp_path / "split")
+    with pytest.raises(FileExistsError, match="never overwritten"):
+        split_to_bag(validation, one_segment_bag, select="0")
+    assert (tmp_path / "split" / "keep.txt").read_text() == "mine"
+    assert BagSplit(one_segment_bag).episodes == [(0, 44)]
