@@ -49,7 +49,7 @@ def open_reader(path: Path):
     try:
         reader = Reader(path)
         reader.open()
-    except ReaderError as exc:
+    except (ReaderError, OSError, AssertionError) as exc:  # rosbags asserts on some malformed footers
         raise BagError(f"{path}: not a readable bag ({exc}). If the file was cut short (a killed recorder, a "
                        f"partial copy), recover what it holds with `deer-ros bag repair {path}`.") from exc
     return reader
@@ -170,4 +170,4 @@ class BagSplit(CalvinSplit):
                            f"{max(self._frames)}).") from None
 
     def __repr__(self) -> str:
-        return f"Bag{super().__repr__()}"
+        return super().__repr__().replace("CalvinSplit", "BagSplit", 1)
