@@ -1,11 +1,10 @@
-"""Fixtures for the bag tests: rosbags and rerun-sdk come with the `bag`/`viz` extras; without them these skip."""
+"""Fixtures for the bag tests. rosbags and rerun-sdk come with the `bag`/`viz` extras (in `dev`); each test module
+skips with the install command when its extra is missing."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-
-pytest.importorskip("rosbags", reason="needs the bag extra: pip install 'deer_ros[bag]'")
 
 SAMPLE = Path(__file__).resolve().parents[2] / "data" / "calvin_sample"
 

@@ -5,6 +5,9 @@ import shutil
 
 import numpy as np
 import pytest
+
+pytest.importorskip("rosbags", reason="needs the bag extra: pip install 'deer_ros[bag]'")
+
 from rosbags.rosbag2 import Reader
 
 from deer_ros.bag import types as T

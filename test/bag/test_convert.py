@@ -1,6 +1,10 @@
 """CALVIN split -> bag -> CALVIN split on the bundled sample, with the bag checked by rosbags' own reader."""
 from __future__ import annotations
 
+import pytest
+
+pytest.importorskip("rosbags", reason="needs the bag extra: pip install 'deer_ros[bag]'")
+
 import numpy as np
 from rosbags.interfaces import QosDurability
 from rosbags.rosbag2 import Reader
