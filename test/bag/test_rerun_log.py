@@ -14,6 +14,7 @@ from deer_ros.bag.convert import frame_messages, frame_ns
 from deer_ros.bag.writer import BagWriter
 from deer_ros.calvin.dataset import Frame
 
+pytest.importorskip("rosbags", reason="needs the bag extra: pip install 'deer_ros[bag]'")
 pytest.importorskip("rerun", reason="needs the viz extra: pip install 'deer_ros[viz]'")
 FRAMES = 6
 
