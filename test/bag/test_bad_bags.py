@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import shutil
+import sys
 
 import numpy as np
 import pytest
@@ -106,3 +107,23 @@ def test_nothing_is_written_over(tmp_path, one_segment_bag, validation):
         split_to_bag(validation, one_segment_bag, select="0")
     assert (tmp_path / "split" / "keep.txt").read_text() == "mine"
     assert BagSplit(one_segment_bag).episodes == [(0, 44)]
+
+
+def test_the_command_prints_the_error_and_exits_2(tmp_path, capsys):
+    from deer_ros.bag.cli import bag_main
+
+    assert bag_main(["to-calvin", str(tmp_path / "nope"), str(tmp_path / "out")]) == 2
+    assert "bag not found" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_extras_name_their_install_command(monkeypatch):
+    from deer_ros.bag.types import rosbags
+    from deer_ros.dependencies import MissingDependency, require
+
+    monkeypatch.setitem(sys.modules, "rosbags", None)
+    monkeypatch.setitem(sys.modules, "rerun", None)
+    with pytest.raises(MissingDependency, match=r"rosbag2 bags needs .*'rosbags'.*deer_ros\[bag\]"):
+        rosbags()
+    with pytest.raises(MissingDependency, match=r"deer_ros\[viz\]"):
+        require("rerun", "logging a run to Rerun")
