@@ -1,8 +1,9 @@
-"""Recover a bag whose recorder was killed: its MCAP file has no summary or footer and there is no metadata.yaml.
+"""Recover a bag whose recorder was killed: there is no metadata.yaml, and an MCAP file has no summary or footer.
 
 The MCAP data section is a run of records (1-byte opcode, uint64 length, body). The complete ones are copied to
 a new file, a footer without summary is appended (MCAP allows a summary-less file; readers then scan the data),
-and the messages are rewritten through rosbags into a complete bag. The damaged bag is never modified.
+and the messages are rewritten through rosbags into a complete MCAP bag. A sqlite3 file holds what was committed
+(the recorder commits at each flush) and is read from a copy. The damaged bag is never modified.
 """
 from __future__ import annotations
 
@@ -36,13 +37,27 @@ def complete_prefix(data: bytes) -> int:
     return pos
 
 
-def mcap_file(bag: Path) -> Path:
-    files = sorted(bag.glob("*.mcap")) if bag.is_dir() else [bag]
-    if len(files) != 1 or files[0].suffix != ".mcap" or not files[0].is_file():
-        raise BagRepairError(f"{bag}: expected a bag folder with one .mcap file (or an .mcap file), found "
-                             f"{[f.name for f in files]}; only MCAP bags can be repaired (sqlite3 bags recover "
-                             "through sqlite's own journal)")
+def storage_file(bag: Path) -> Path:
+    """The one .mcap or .db3 file of a bag folder (or `bag` itself when it is such a file)."""
+    files = sorted([*bag.glob("*.mcap"), *bag.glob("*.db3")]) if bag.is_dir() else [bag]
+    if len(files) != 1 or files[0].suffix not in (".mcap", ".db3") or not files[0].is_file():
+        raise BagRepairError(f"{bag}: expected a bag folder with one .mcap or .db3 file (or such a file), found "
+                             f"{[f.name for f in files]}")
     return files[0]
+
+
+def readable_copy(source: Path, tmp: Path) -> Path:
+    """A copy of `source` in `tmp` that rosbags can open: MCAP cut after its last complete record, with a footer."""
+    copy = tmp / source.name
+    if source.suffix == ".db3":
+        shutil.copyfile(source, copy)
+        return copy
+    data = source.read_bytes()
+    end = complete_prefix(data)
+    if end <= len(MAGIC):
+        raise BagRepairError(f"{source}: holds no complete MCAP record; nothing can be recovered")
+    copy.write_bytes(data[:end] + struct.pack("<BQQQI", FOOTER_OP, 20, 0, 0, 0) + MAGIC)
+    return copy
 
 
 def repair_bag(bag: str | os.PathLike, out: str | os.PathLike | None = None) -> tuple[Path, int]:
@@ -52,18 +67,12 @@ def repair_bag(bag: str | os.PathLike, out: str | os.PathLike | None = None) -> 
     from rosbags.rosbag2 import Reader, Writer
 
     bag = Path(bag).expanduser()
-    source = mcap_file(bag)
+    source = storage_file(bag)
     out = Path(out) if out is not None else bag.with_name(f"{bag.name}-repaired")
     if out.exists():
         raise BagRepairError(f"{out}: exists already; give another output folder")
-    data = source.read_bytes()
-    end = complete_prefix(data)
-    if end <= len(MAGIC):
-        raise BagRepairError(f"{source}: holds no complete MCAP record; nothing can be recovered")
     with tempfile.TemporaryDirectory() as tmp:
-        fixed = Path(tmp) / source.name
-        footer = struct.pack("<BQQQI", FOOTER_OP, 20, 0, 0, 0)
-        fixed.write_bytes(data[:end] + footer + MAGIC)
+        fixed = readable_copy(source, Path(tmp))
         count = 0
         try:
             with Reader(fixed) as reader, _new_bag(Writer, out) as writer:

@@ -52,12 +52,15 @@ class BagWriter:
         self._writer.set_custom_data(key, value)
 
     def flush(self) -> None:
-        """Put everything written so far on disk (see the module docstring). MCAP only; sqlite3 commits itself."""
+        """Put everything written so far on disk (see the module docstring): MCAP writes out its open chunk,
+        sqlite3 commits its transaction (rosbags otherwise commits only on close)."""
         storage = self._writer.storage
         if hasattr(storage, "close_chunk") and storage.chunk.msgs:
             storage.close_chunk()
         if hasattr(storage, "bio"):
             storage.bio.flush()
+        if hasattr(storage, "conn"):
+            storage.conn.commit()
 
     def close(self) -> Path:
         self._writer.close()

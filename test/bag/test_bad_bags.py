@@ -127,3 +127,24 @@ def test_missing_extras_name_their_install_command(monkeypatch):
         rosbags()
     with pytest.raises(MissingDependency, match=r"deer_ros\[viz\]"):
         require("rerun", "logging a run to Rerun")
+
+
+def test_a_sqlite3_recording_cut_off_after_a_flush_is_repaired(tmp_path):
+    """What a killed sqlite3 recorder leaves on disk: the .db3 as of the last flush, no metadata.yaml."""
+    writer = BagWriter(tmp_path / "live", storage="sqlite3")
+    for spec in T.DEFAULT_TOPICS:
+        writer.add_topic(spec)
+    writer.write(T.INSTRUCTION_TOPIC, 0, writer.store.types[T.STRING](data="open the drawer"))
+    for i in range(3):
+        for topic, msg in frame_messages(writer.store, _frame(i), frame_ns(i)).items():
+            writer.write(topic, frame_ns(i) + 1, msg)
+    writer.flush()
+    shutil.copytree(tmp_path / "live", tmp_path / "killed")  # the state a SIGKILL would leave
+    writer.close()
+    assert not (tmp_path / "killed" / "metadata.yaml").exists()
+
+    out, count = repair_bag(tmp_path / "killed")
+    assert count == 1 + 3 * 4
+    split = BagSplit(out)
+    assert len(split) == 3 and split.segments()[0].instruction == "open the drawer"
+    np.testing.assert_array_equal(split.frame(2).rgb_static, _frame(2).rgb_static)
