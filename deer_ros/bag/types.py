@@ -42,7 +42,7 @@ DEFAULT_TOPICS = (
     TopicSpec(INSTRUCTION_TOPIC, STRING, latched=True),
     TopicSpec(EXPERT_TOPIC, ACTION),
     TopicSpec(POLICY_TOPIC, ACTION),
-    TopicSpec("instruction_status", INSTRUCTION_STATUS, latched=True),
+    TopicSpec("instruction_active", INSTRUCTION_STATUS, latched=True),
     TopicSpec("/clock", CLOCK),
 )
 
