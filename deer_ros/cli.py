@@ -6,6 +6,7 @@
   deer-ros bench       benchmarks -> markdown report, PNG plots, JSON
   deer-ros flops       per-exit LLM FLOPs of a model preset
   deer-ros convert     released weights -> one deer_ros checkpoint
+  deer-ros bag         rosbag2 bags: record, CALVIN <-> bag, repair, Rerun log
 
 Each sub-command lives in its own module and is imported only when it runs (torch is slow to import).
 """
@@ -22,6 +23,7 @@ COMMANDS = {
     "flops": ("deer_ros.model.flops", "flops_main", "print per-exit LLM FLOPs of a model preset"),
     "convert": ("deer_ros.model.convert", "convert_main",
                 "join released DeeR / OpenFlamingo / MPT / CLIP weights into one checkpoint for the node"),
+    "bag": ("deer_ros.bag.cli", "bag_main", "record, convert, repair rosbag2 bags; log a run to Rerun"),
 }
 
 

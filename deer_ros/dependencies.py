@@ -13,6 +13,8 @@ INSTALL = {
                      "current torch; its real needs come with deer_ros)",
     "matplotlib": "pip install 'deer_ros[bench]'  (or pip install 'matplotlib>=3.7,<4')",
     "skopt": "pip install 'deer_ros[search]'  (or pip install 'scikit-optimize>=0.10,<1')",
+    "rosbags": "pip install 'deer_ros[bag]'  (or pip install 'rosbags>=0.11,<0.12')",
+    "rerun": "pip install 'deer_ros[viz]'  (or pip install 'rerun-sdk>=0.41,<0.42')",
 }
 
 

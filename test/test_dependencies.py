@@ -11,8 +11,9 @@ import pytest
 from deer_ros.dependencies import MissingDependency, require
 
 REPO = Path(__file__).resolve().parents[1]
-# Modules that only extras bring (bench/train plots, threshold search, tests): a robot never installs them.
-EXTRAS_ONLY = ("matplotlib", "skopt", "sklearn", "hypothesis", "pytest", "ruff")
+# Modules that only extras bring (bench/train plots, threshold search, bags, Rerun, tests): a robot never installs
+# them.
+EXTRAS_ONLY = ("matplotlib", "skopt", "sklearn", "hypothesis", "pytest", "ruff", "rosbags", "rerun", "pyarrow")
 
 
 def test_nodes_and_model_import_nothing_from_the_extras():

@@ -1,0 +1,3 @@
+"""rosbag2 bags for deer_ros: record the node topics, read bags as CALVIN-like splits, convert both ways, and log
+runs to Rerun. Everything here needs the `bag` extra (rosbags) and, for Rerun, the `viz` extra (rerun-sdk); the
+nodes never import this package."""
