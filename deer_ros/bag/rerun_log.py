@@ -24,6 +24,8 @@ ENTITIES = ("camera/static", "camera/gripper", "instruction", "action", "policy/
 
 def log_bag(bag: str | os.PathLike, rrd: str | os.PathLike, action_topic: str = T.POLICY_TOPIC) -> dict[str, int]:
     """Write the run recorded in `bag` to the Rerun file `rrd`; returns how many values each entity got."""
+    # Rerun's anonymous usage reports are off unless the user turned them on: a robot's network is not ours to use.
+    os.environ.setdefault("RERUN_ANALYTICS", "false")
     rr = require("rerun", "logging a run to Rerun")
     from deer_ros.ros.image import image_to_rgb
 

@@ -2,9 +2,12 @@
 skips with the install command when its extra is missing."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+
+os.environ.setdefault("RERUN_ANALYTICS", "false")  # the rerun CLI the tests run sends no usage data
 
 SAMPLE = Path(__file__).resolve().parents[2] / "data" / "calvin_sample"
 
