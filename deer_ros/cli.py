@@ -21,7 +21,7 @@ COMMANDS = {
     "train": ("deer_ros.train.cli", "train_main", "train a multi-exit model on CALVIN-format data"),
     "bench": ("deer_ros.bench.cli", "bench_main", "run the benchmarks and write a report"),
     "flops": ("deer_ros.model.flops", "flops_main", "print per-exit LLM FLOPs of a model preset"),
-    "convert": ("deer_ros.model.convert", "convert_main",
+    "convert": ("deer_ros.convert", "convert_main",
                 "join released DeeR / OpenFlamingo / MPT / CLIP weights into one checkpoint for the node"),
     "bag": ("deer_ros.bag.cli", "bag_main", "record, convert, repair rosbag2 bags; log a run to Rerun"),
 }

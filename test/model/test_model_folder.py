@@ -11,7 +11,7 @@ import torch
 
 from deer_ros.exits.calibration import Calibration, calibration_for
 from deer_ros.model.checkpoint import is_model_folder, load_folder, open_folder, save_checkpoint
-from deer_ros.model.convert import convert_main
+from deer_ros.convert import convert_main
 from deer_ros.model.factory import load_policy
 from model_fixtures import tiny_model
 from test_checkpoint import assert_same_weights, write_released

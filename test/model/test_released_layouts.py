@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from deer_ros.model.checkpoint import CheckpointError
-from deer_ros.model.convert import convert
+from deer_ros.convert import convert
 from deer_ros.model.deer import DeerModel
 from manifests import meta_deer_pth, meta_state
 
