@@ -8,11 +8,16 @@
   deer-ros convert     released weights -> one deer_ros checkpoint
 
 Each sub-command lives in its own module and is imported only when it runs (torch is slow to import).
+Options that mean the same thing have the same name in every sub-command and match the node parameters:
+`--model` (preset), `--checkpoint`, `--calibration`, `--dataset`, `--split`, `--device`, `--dtype`,
+`--cpu-threads`; the older `--preset` and `--threads` still work, with a warning.
 """
 from __future__ import annotations
 
+import argparse
 import importlib
 import sys
+from typing import Any
 
 COMMANDS = {
     "demo": ("deer_ros.demo", "demo_main", "replay the bundled CALVIN sample through the policy node"),
@@ -23,6 +28,25 @@ COMMANDS = {
     "convert": ("deer_ros.model.convert", "convert_main",
                 "join released DeeR / OpenFlamingo / MPT / CLIP weights into one checkpoint for the node"),
 }
+
+
+class _DeprecatedAlias(argparse.Action):
+    """An old spelling of an option: sets the same value, hidden from --help, says what to use instead."""
+
+    def __init__(self, option_strings: list[str], dest: str, replacement: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, **kwargs)
+        self.replacement = replacement
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        print(f"{parser.prog}: {option_string} is deprecated, use {self.replacement}", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
+def add_deprecated_alias(parser: Any, old: str, new: str, dest: str, type: Any = str) -> None:
+    """Accept `old` for the option `new` (stored in `dest`) of `parser` (a parser or an argument group)."""
+    parser.add_argument(old, dest=dest, action=_DeprecatedAlias, replacement=new, type=type,
+                        default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
 
 def usage() -> str:

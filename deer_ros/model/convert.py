@@ -12,6 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from deer_ros.cli import add_deprecated_alias
 from deer_ros.model.checkpoint import CheckpointError, load_reference, save_checkpoint
 from deer_ros.model.config import PRESETS, DeerConfig
 
@@ -41,7 +42,9 @@ def convert_main(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(prog="deer-ros convert", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, help="the deer_ros checkpoint to write")
     parser.add_argument("--deer", help="DeeR .pth (heads, perceiver, x-attn, embedding; config keys)")
-    parser.add_argument("--preset", default="of3b", choices=sorted(PRESETS), help="architecture (default of3b)")
+    parser.add_argument("--model", default="of3b", choices=sorted(PRESETS), help="model preset: the architecture "
+                        "(default of3b)")
+    add_deprecated_alias(parser, "--preset", "--model", dest="model")
     parser.add_argument("--vision-weights", help="open_clip / OpenAI ViT-L-14 weights")
     parser.add_argument("--mpt-weights", help="Hugging Face MPT directory or weights file")
     parser.add_argument("--openflamingo", help="OpenFlamingo checkpoint.pt")
@@ -54,7 +57,7 @@ def convert_main(argv: list[str] | None) -> int:
     if args.deer is None and not args.fresh_heads:
         parser.error("without --deer the heads would be untrained: pass --fresh-heads to mean that")
     try:
-        path = convert(args.out, deer=args.deer, preset=args.preset, vision_weights=args.vision_weights,
+        path = convert(args.out, deer=args.deer, preset=args.model, vision_weights=args.vision_weights,
                        mpt_weights=args.mpt_weights, openflamingo=args.openflamingo, tokenizer=args.tokenizer,
                        exit_interval=args.exit_interval, max_exit=args.max_exit, fresh_heads=args.fresh_heads)
     except (CheckpointError, OSError, ValueError) as exc:
