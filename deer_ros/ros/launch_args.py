@@ -19,6 +19,7 @@ from deer_ros.ros.params import ParamSpec
 
 _TYPE_NAMES = {bool: "bool (true or false)", int: "integer", float: "number", str: "string",
                list: "list of numbers ([0.1, 0.2])"}
+_ARTICLES = {int: "an"}
 USE_SIM_TIME = ParamSpec("use_sim_time", bool, False, "Use /clock (a simulator's or a bag's time) as the node "
                          "clock.")
 
@@ -65,7 +66,8 @@ def parse(spec: ParamSpec, text: str) -> Any:
 
 
 def _typed(spec: ParamSpec, text: str) -> Any:
-    expected = f"launch argument {spec.name}:={text} is not a {_TYPE_NAMES[spec.kind]}"
+    expected = (f"launch argument {spec.name}:={text} is not {_ARTICLES.get(spec.kind, 'a')} "
+                f"{_TYPE_NAMES[spec.kind]}")
     try:
         if spec.kind is bool:
             if text.lower() not in ("true", "false"):
