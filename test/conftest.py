@@ -6,8 +6,10 @@ exited cleanly.
 """
 from __future__ import annotations
 
+import logging
 import random
 import signal
+import sys
 
 import pytest
 
@@ -36,6 +38,16 @@ def pytest_report_header(config: pytest.Config) -> str:
     domain = _caller_domain()
     return (f"ROS domain: {domain} (ROS_DOMAIN_ID, shared by every test)" if domain is not None
             else "ROS domain: random per test (ROS_DOMAIN_ID unset)")
+
+
+@pytest.fixture(autouse=True)
+def _deer_ros_logs_reach_caplog():
+    """Importing `launch` (the launch_pytest plugin does, wherever it is installed) makes every logger created
+    afterwards non-propagating (launch.logging.LaunchLogger), so caplog would miss deer_ros's warnings."""
+    if "launch.logging" in sys.modules:
+        for name, logger in list(logging.root.manager.loggerDict.items()):
+            if name.startswith("deer_ros") and isinstance(logger, logging.Logger):
+                logger.propagate = True
 
 
 @pytest.fixture
