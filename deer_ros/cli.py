@@ -9,6 +9,9 @@
   deer-ros bag         rosbag2 bags: record, CALVIN <-> bag, repair, Rerun log
 
 Each sub-command lives in its own module and is imported only when it runs (torch is slow to import).
+Options that mean the same thing have the same name in every sub-command and match the node parameters:
+`--model` (preset), `--checkpoint`, `--calibration`, `--dataset`, `--split`, `--device`, `--dtype`,
+`--cpu-threads`; the older `--preset` and `--threads` still work, with a warning.
 """
 from __future__ import annotations
 

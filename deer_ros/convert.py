@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from deer_ros.cli_options import add_deprecated_alias
 from deer_ros.model.checkpoint import (Assembly, CheckpointError, Mapped, ModelFolder, assemble,
                                        config_from_reference, load_own, read_file, reference_sources, save_folder)
 from deer_ros.model.config import PRESETS, DeerConfig
@@ -167,7 +168,9 @@ def convert_main(argv: list[str] | None) -> int:
     parser.add_argument("--out", required=True, help="the model folder to write (new, or an existing model folder)")
     parser.add_argument("--deer", help="DeeR .pth (heads, perceiver, x-attn, embedding, MPT blocks; config keys)")
     parser.add_argument("--checkpoint", help="instead: one of our checkpoints (.pt or folder) to repack")
-    parser.add_argument("--preset", default="of3b", choices=sorted(PRESETS), help="architecture (default of3b)")
+    parser.add_argument("--model", default="of3b", choices=sorted(PRESETS), help="model preset: the architecture "
+                        "(default of3b)")
+    add_deprecated_alias(parser, "--preset", "--model", dest="model")
     parser.add_argument("--vision-weights", help="open_clip / OpenAI ViT-L-14 weights (no DeeR file has them)")
     parser.add_argument("--mpt-weights", help="Hugging Face MPT folder or weights file (when the .pth lacks blocks)")
     parser.add_argument("--openflamingo", help="OpenFlamingo checkpoint.pt")
@@ -184,7 +187,7 @@ def convert_main(argv: list[str] | None) -> int:
         parser.error("without --deer the heads would be untrained: pass --fresh-heads to mean that "
                      "(or --checkpoint to repack one of ours)")
     try:
-        result = convert(args.out, deer=args.deer, checkpoint=args.checkpoint, preset=args.preset,
+        result = convert(args.out, deer=args.deer, checkpoint=args.checkpoint, preset=args.model,
                          vision_weights=args.vision_weights, mpt_weights=args.mpt_weights,
                          openflamingo=args.openflamingo, tokenizer=args.tokenizer, calibration=args.calibration,
                          exit_interval=args.exit_interval, max_exit=args.max_exit, fresh_heads=args.fresh_heads,

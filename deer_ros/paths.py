@@ -8,17 +8,26 @@ _PACKAGE_DIR = Path(__file__).resolve().parent
 
 def data_dir() -> Path:
     """The repo's data/ folder (source checkout) or share/deer_ros/data (colcon install)."""
-    candidates = [_PACKAGE_DIR.parent / "data"]
+    return _package_folder("data")
+
+
+def config_dir() -> Path:
+    """The repo's config/ folder (the params files) or share/deer_ros/config (colcon install)."""
+    return _package_folder("config")
+
+
+def _package_folder(name: str) -> Path:
+    candidates = [_PACKAGE_DIR.parent / name]
     try:
         from ament_index_python.packages import get_package_share_directory
 
-        candidates.append(Path(get_package_share_directory("deer_ros")) / "data")
+        candidates.append(Path(get_package_share_directory("deer_ros")) / name)
     except Exception:  # noqa: BLE001 - not installed with colcon: only the source checkout counts
         pass
     for path in candidates:
         if path.is_dir():
             return path
-    raise FileNotFoundError(f"deer_ros data folder not found (looked in {', '.join(map(str, candidates))})")
+    raise FileNotFoundError(f"deer_ros {name} folder not found (looked in {', '.join(map(str, candidates))})")
 
 
 def calvin_sample() -> Path:

@@ -14,9 +14,9 @@ py="${DEER_ROS_PYTHON:-$root/.venv/bin/python}"
 # cross-attention gates start open (--xattn-gate-init; closed gates never let the images in), heads use the
 # full learning rate, and the rate decays (cosine; a constant 1.5e-3 was unstable in this short run).
 # One torch thread: on a shared 2-core machine a second one mostly spin-waits.
-"$py" -m deer_ros.cli train --preset tiny --dataset data/calvin_sample --split training \
+"$py" -m deer_ros.cli train --model tiny --dataset data/calvin_sample --split training \
   --joint-epochs 24 --head-epochs 2 --batch-size 8 --lr 1e-3 --head-lr-scale 1 --head-stage-lr 2.5e-4 \
-  --warmup 50 --schedule cosine --train-vision --train-llm --xattn-gate-init 0.5 --seed 0 --threads 1 \
+  --warmup 50 --schedule cosine --train-vision --train-llm --xattn-gate-init 0.5 --seed 0 --cpu-threads 1 \
   --log-every 1000 \
   --out build/demo/tiny_demo.pt --state build/demo/tiny_demo.train.pt --calibrate "$@"
 
@@ -26,4 +26,4 @@ py="${DEER_ROS_PYTHON:-$root/.venv/bin/python}"
 
 "$py" -m deer_ros.cli train curve --checkpoint data/demo/tiny_demo \
   --calibration data/demo/tiny_demo/calibration.npz --dataset data/calvin_sample \
-  --split validation --split training --budgets 8 --threads 1 --out-dir docs --name accuracy_compute
+  --split validation --split training --budgets 8 --cpu-threads 1 --out-dir docs --name accuracy_compute

@@ -6,8 +6,10 @@ exited cleanly.
 """
 from __future__ import annotations
 
+import logging
 import random
 import signal
+import sys
 
 import pytest
 from hypothesis import settings
@@ -18,11 +20,48 @@ settings.register_profile("default", derandomize=True, database=None)
 settings.register_profile("explore", derandomize=False)
 settings.load_profile("default")
 
+# ROS_DOMAIN_ID: unset, each test gets a random domain of its own (1..200), so tests and parallel runs on one
+# machine do not hear each other. Set by the caller (a CI job, `colcon test` on a shared robot network), every
+# test uses that domain instead and never another: the caller chose it to keep the tests off other domains.
+# Tests then share the domain, which is safe because one pytest process runs them one after another (CMakeLists
+# registers the suite as a single test) and each test stops its nodes before the next starts; do not run two
+# test sessions at once in the same domain.
+
+
+def _caller_domain() -> int | None:
+    from deer_ros.ros.launcher import caller_domain
+
+    try:
+        return caller_domain()
+    except ValueError as exc:  # a bad value stops the session before any test starts
+        raise pytest.UsageError(f"{exc} (unset, each test gets a random domain)") from None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    _caller_domain()
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    domain = _caller_domain()
+    return (f"ROS domain: {domain} (ROS_DOMAIN_ID, shared by every test)" if domain is not None
+            else "ROS domain: random per test (ROS_DOMAIN_ID unset)")
+
+
+@pytest.fixture(autouse=True)
+def _deer_ros_logs_reach_caplog():
+    """Importing `launch` (the launch_pytest plugin does, wherever it is installed) makes every logger created
+    afterwards non-propagating (launch.logging.LaunchLogger), so caplog would miss deer_ros's warnings."""
+    if "launch.logging" in sys.modules:
+        for name, logger in list(logging.root.manager.loggerDict.items()):
+            if name.startswith("deer_ros") and isinstance(logger, logging.Logger):
+                logger.propagate = True
+
 
 @pytest.fixture
 def ros_domain() -> int:
-    """A ROS_DOMAIN_ID of its own for each test, so tests (and parallel runs) do not hear each other."""
-    return random.SystemRandom().randint(1, 200)
+    """The ROS_DOMAIN_ID of this test: the caller's, or a random one of its own."""
+    domain = _caller_domain()
+    return domain if domain is not None else random.SystemRandom().randint(1, 200)
 
 
 @pytest.fixture

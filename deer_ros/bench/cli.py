@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
+from deer_ros.cli_options import add_deprecated_alias
+
 if TYPE_CHECKING:
     from deer_ros.bench.timing import BenchFrame
 
@@ -62,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="deer-ros bench", description=__doc__.split("\n\n")[0],
                                 epilog=__doc__.split("\n\n", 2)[2],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", default="tiny,of3b", help="comma-separated model presets (default tiny,of3b)")
+    p.add_argument("--model", default="tiny,of3b", help="comma-separated model presets (default tiny,of3b)")
+    add_deprecated_alias(p, "--preset", "--model", dest="model")
     p.add_argument("--quick", action="store_true", help="tiny only, a few steps: a smoke run (< 1 min)")
     p.add_argument("--out", default="bench_out", help="output folder (default bench_out/)")
     p.add_argument("--report", default="", help="where to write the markdown report (default OUT/benchmarks.md)")
@@ -79,9 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated device:dtype pairs to time, e.g. cpu:fp32,cuda:fp16,cuda:bf16")
     p.add_argument("--dataset", default="", help="CALVIN dataset root for the frames (default: bundled sample)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights")
-    p.add_argument("--threads", type=int, default=0,
+    p.add_argument("--cpu-threads", type=int, default=0,
                    help="torch intra-op threads (default 0: torch's default, one per core). On a machine shared "
                         "with other busy processes 1 thread gives far steadier timings")
+    add_deprecated_alias(p, "--threads", "--cpu-threads", dest="cpu_threads", type=int)
     return p
 
 
@@ -91,10 +95,10 @@ def parse_options(argv: list[str] | None) -> tuple[Options, bool, str]:
     from deer_ros.model.config import PRESETS
     from deer_ros.paths import calvin_sample
 
-    presets = ["tiny"] if args.quick else [p.strip() for p in args.preset.split(",") if p.strip()]
+    presets = ["tiny"] if args.quick else [p.strip() for p in args.model.split(",") if p.strip()]
     unknown = [p for p in presets if p not in PRESETS]
     if not presets or unknown:
-        parser.error(f"--preset: unknown preset(s) {unknown or presets}; choose from {', '.join(PRESETS)}")
+        parser.error(f"--model: unknown preset(s) {unknown or presets}; choose from {', '.join(PRESETS)}")
     targets = []
     for item in args.targets.split(","):
         device, _, dtype = item.strip().partition(":")
@@ -106,8 +110,8 @@ def parse_options(argv: list[str] | None) -> tuple[Options, bool, str]:
         targets.append(Target(device, dtype))
     if args.steps is not None and args.steps < 1:
         parser.error(f"--steps must be at least 1 (got {args.steps})")
-    if args.threads < 0:
-        parser.error(f"--threads must be >= 0 (got {args.threads})")
+    if args.cpu_threads < 0:
+        parser.error(f"--cpu-threads must be >= 0 (got {args.cpu_threads})")
     if args.warmup is not None and args.warmup < 0:
         parser.error(f"--warmup must be >= 0 (got {args.warmup})")
     steps = {p: args.steps or (QUICK_STEPS if args.quick else DEFAULT_STEPS.get(p, 5)) for p in presets}
@@ -115,7 +119,7 @@ def parse_options(argv: list[str] | None) -> tuple[Options, bool, str]:
               for p in presets}
     dataset = Path(args.dataset).expanduser() if args.dataset else calvin_sample()
     return Options(presets, targets, Path(args.out), steps, warmup, not args.skip_ros, args.quick, dataset,
-                   args.seed, Path(args.report) if args.report else None, args.threads,
+                   args.seed, Path(args.report) if args.report else None, args.cpu_threads,
                    " ".join(["deer-ros bench", *(argv if argv is not None else sys.argv[1:])])), args.json, args.render
 
 

@@ -40,7 +40,7 @@ def stamp_ns(stamp) -> int:
 class Nodes:
     """Node processes started for one benchmark; all stopped with SIGINT at the end, their logs kept.
 
-    `threads` > 0 sets OMP_NUM_THREADS for them (torch's intra-op threads), like the bench's own --threads.
+    `threads` > 0 sets OMP_NUM_THREADS for them (torch's intra-op threads), like the bench's own --cpu-threads.
     """
 
     def __init__(self, domain_id: int, log_dir: Path, threads: int = 0) -> None:

@@ -11,6 +11,9 @@ import json
 import os
 from pathlib import Path
 
+# The file names inside a model folder that tools without torch need too (the launch files, the fingerprint).
+FOLDER_CONFIG_FILE = "config.json"
+CALIBRATION_FILE = "calibration.npz"
 _SAMPLES = 17
 _CHUNK = 1 << 16
 
@@ -28,7 +31,7 @@ def checkpoint_fingerprint(checkpoint: str | os.PathLike) -> str:
     """The fingerprint of a model folder (its recorded weights_sha256) or of a checkpoint file (sampled)."""
     path = Path(checkpoint).expanduser()
     if path.is_dir():
-        config = path / "config.json"
+        config = path / FOLDER_CONFIG_FILE
         try:
             recorded = json.loads(config.read_text()).get("weights_sha256")
         except (OSError, ValueError) as exc:

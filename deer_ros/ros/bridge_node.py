@@ -606,7 +606,8 @@ def _run(node: CalvinBridgeNode) -> int:
 
 def main(args: list[str] | None = None) -> int:
     return run_node(NODE_NAME, CalvinBridgeNode, _run, args,
-                    fatal=(CalvinDatasetError, CalvinEnvMissing, ProtocolError, FileNotFoundError))
+                    fatal=(CalvinDatasetError, CalvinEnvMissing, ProtocolError, FileNotFoundError),
+                    parameters=BRIDGE_PARAMETERS)
 
 
 if __name__ == "__main__":

@@ -11,11 +11,26 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
+
+
+MAX_DOMAIN_ID = 232  # the highest ROS_DOMAIN_ID whose DDS ports (7400 + 250 * id + offsets) fit in 16 bits
+
+
+def caller_domain(env: Mapping[str, str] | None = None) -> int | None:
+    """The ROS_DOMAIN_ID the caller set (None when unset or empty); ValueError when it is not a domain."""
+    text = (os.environ if env is None else env).get("ROS_DOMAIN_ID", "").strip()
+    if not text:
+        return None
+    if not text.isdigit() or int(text) > MAX_DOMAIN_ID:
+        raise ValueError(f"ROS_DOMAIN_ID={text!r} is not a ROS domain: use an integer 0..{MAX_DOMAIN_ID}, "
+                         "or unset it")
+    return int(text)
 
 
 def ros_env(domain_id: int | None = None, base: dict[str, str] | None = None) -> dict[str, str]:
-    """Environment for nodes: an explicit domain and discovery kept on this machine (no multicast off-host)."""
+    """Environment for nodes: an explicit domain (None = keep the caller's ROS_DOMAIN_ID) and discovery kept on
+    this machine (no multicast off-host)."""
     env = dict(os.environ if base is None else base)
     if domain_id is not None:
         env["ROS_DOMAIN_ID"] = str(domain_id)
@@ -25,15 +40,25 @@ def ros_env(domain_id: int | None = None, base: dict[str, str] | None = None) ->
     return env
 
 
-def executable(name: str) -> str:
-    """Path of a console script: next to this interpreter first (a venv), then on PATH (colcon, system)."""
-    local = Path(sys.executable).with_name(name)
-    if local.exists():
-        return str(local)
+def executable(name: str, package: str = "deer_ros") -> str:
+    """Path of a node executable, looked up where each install puts it:
+
+    1. `<prefix>/lib/<package>/<name>` for each prefix on AMENT_PREFIX_PATH (a sourced colcon install; what
+       `ros2 run` uses), so `colcon test` runs the executables of the workspace it built;
+    2. next to this interpreter (the console scripts of a venv, `pip install`);
+    3. PATH.
+    """
+    prefixes = [p for p in os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep) if p]
+    candidates = [Path(p) / "lib" / package / name for p in prefixes]
+    candidates.append(Path(sys.executable).with_name(name))
+    for path in candidates:
+        if path.is_file() and os.access(path, os.X_OK):
+            return str(path)
     found = shutil.which(name)
     if found is None:
-        raise FileNotFoundError(f"executable '{name}' not found next to {sys.executable} or on PATH; "
-                                "install the package (scripts/dev or colcon build)")
+        looked = ", ".join(str(c.parent) for c in candidates)
+        raise FileNotFoundError(f"executable '{name}' not found in {looked} or on PATH; install the package "
+                                "(scripts/dev, pip install -e ., or colcon build and source install/setup.bash)")
     return found
 
 

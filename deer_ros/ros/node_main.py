@@ -1,23 +1,29 @@
 """The `main()` of every node executable: init, run, and a clean exit on Ctrl-C, SIGTERM or a known error."""
 from __future__ import annotations
 
-from typing import Callable, TypeVar
+import sys
+from typing import Callable, Sequence, TypeVar
 
 import rclpy
 from rclpy.executors import ExternalShutdownException
 
-from deer_ros.ros.params import ParameterError
+from deer_ros.ros.node_help import help_requested, node_help
+from deer_ros.ros.params import ParameterError, ParamSpec
 
 N = TypeVar("N")
 
 
 def run_node(name: str, make: Callable[[], N], run: Callable[[N], int], args: list[str] | None = None,
-             fatal: tuple[type[Exception], ...] = ()) -> int:
+             fatal: tuple[type[Exception], ...] = (), parameters: Sequence[ParamSpec] = ()) -> int:
     """Create a node with `make`, return what `run(node)` returns.
 
     A ParameterError or one of `fatal` (bad dataset, missing dependency...) is logged as one FATAL line and
     gives exit code 2, without a traceback; SIGINT/SIGTERM (rclpy shuts the context down) give 0.
+    -h/--help prints the node's help (its module docstring and `parameters`) and starts nothing.
     """
+    if help_requested(args):
+        print(node_help(f"{name}_node", sys.modules[make.__module__].__doc__, parameters))
+        return 0
     rclpy.init(args=args)
     node = None
     code = 0

@@ -388,7 +388,7 @@ def _run(node: DeerPolicyNode) -> int:
 
 
 def main(args: list[str] | None = None) -> int:
-    return run_node(NODE_NAME, DeerPolicyNode, _run, args)
+    return run_node(NODE_NAME, DeerPolicyNode, _run, args, parameters=POLICY_PARAMETERS)
 
 
 if __name__ == "__main__":

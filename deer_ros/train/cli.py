@@ -19,6 +19,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from deer_ros.cli_options import add_deprecated_alias
 from deer_ros.paths import split_folder
 
 log = logging.getLogger("deer_ros.train")
@@ -29,7 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                                 epilog="`deer-ros train curve --help`: the accuracy-compute curve of a checkpoint")
     g = p.add_argument_group("model")
-    g.add_argument("--preset", default="tiny", help="model preset of a freshly initialised model (tiny, of3b, of9b)")
+    g.add_argument("--model", default="tiny", help="model preset of a freshly initialised model (tiny, of3b, of9b)")
+    add_deprecated_alias(g, "--preset", "--model", dest="model")
     g.add_argument("--init", default="", help="start from this checkpoint (ours or a DeeR .pth) instead of random "
                    "weights; parts it lacks (e.g. aux heads) start fresh")
     g.add_argument("--openflamingo", default="", help="OpenFlamingo checkpoint.pt to start from (perceiver, x-attn)")
@@ -61,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--train-vision", action="store_true", help="unfreeze the CLIP vision tower (joint stage)")
     g.add_argument("--train-llm", action="store_true", help="unfreeze the MPT blocks (joint stage)")
     g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    g.add_argument("--cpu-threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    add_deprecated_alias(g, "--threads", "--cpu-threads", dest="cpu_threads", type=int)
     g.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:N")
     g = p.add_argument_group("output")
     g.add_argument("--out", required=True, help="inference checkpoint to write (our format, .pt)")
@@ -79,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _check(args: argparse.Namespace, p: argparse.ArgumentParser) -> None:
-    for name in ("joint_epochs", "head_epochs", "warmup", "save_every", "threads"):
+    for name in ("joint_epochs", "head_epochs", "warmup", "save_every", "cpu_threads"):
         if getattr(args, name) < 0:
             p.error(f"--{name.replace('_', '-')} must be >= 0")
     for name in ("batch_size", "window", "log_every"):
@@ -125,7 +128,7 @@ def initial_model(args: argparse.Namespace):
         return load_reference(data, vision_weights=args.vision_weights or None,
                               mpt_weights=args.mpt_weights or None, openflamingo=args.openflamingo or None,
                               fresh=fresh, aux_heads=aux)
-    config = DeerConfig.preset(args.preset, aux_heads=aux)
+    config = DeerConfig.preset(args.model, aux_heads=aux)
     if args.openflamingo or args.vision_weights or args.mpt_weights:
         return load_reference(None, config=config, vision_weights=args.vision_weights or None,
                               mpt_weights=args.mpt_weights or None, openflamingo=args.openflamingo or None,
@@ -228,8 +231,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     from deer_ros.train.data import WindowDataset
 
     t_start = time.perf_counter()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    if args.cpu_threads:
+        torch.set_num_threads(args.cpu_threads)
     resume = read_resume_state(args)
     model = initial_model(args)
     if resume is not None:

@@ -25,6 +25,8 @@ from typing import Any, Sequence
 import numpy as np
 from deer_ros.dependencies import pyplot
 
+from deer_ros.cli_options import add_deprecated_alias
+
 
 @dataclass
 class CurvePoint:
@@ -169,7 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--criterion", default="action_consistency", help="exit criterion")
     p.add_argument("--out-dir", default="docs", help="where to write <name>.png/.md/.json")
     p.add_argument("--name", default="accuracy_compute", help="file name stem")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    p.add_argument("--cpu-threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    add_deprecated_alias(p, "--threads", "--cpu-threads", dest="cpu_threads", type=int)
     p.add_argument("--json", action="store_true", help="print the points as JSON")
     return p
 
@@ -187,8 +190,8 @@ def curve_main(argv: list[str] | None = None) -> int:
     from deer_ros.paths import calvin_sample, demo_calibration, demo_checkpoint
     from deer_ros.train.cli import split_folder
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    if args.cpu_threads:
+        torch.set_num_threads(args.cpu_threads)
     splits = args.split or ["validation"]
     checkpoint = Path(args.checkpoint) if args.checkpoint else demo_checkpoint()
     try:

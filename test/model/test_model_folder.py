@@ -22,7 +22,7 @@ def released(tmp_path):
     """A tiny model written as the released files: DeeR .pth without CLIP or MPT blocks, CLIP, HF MPT."""
     model = tiny_model()
     data = write_released(model, tmp_path)
-    args = ["--preset", "tiny", "--deer", str(tmp_path / "deer.pth"), "--vision-weights", str(tmp_path / "clip.bin"),
+    args = ["--model", "tiny", "--deer", str(tmp_path / "deer.pth"), "--vision-weights", str(tmp_path / "clip.bin"),
             "--mpt-weights", str(tmp_path / "mpt")]
     return model, args, data
 
@@ -52,7 +52,7 @@ def test_conversion_names_the_missing_file(tmp_path, released, capsys):
     assert convert_main(no_mpt + ["--out", str(tmp_path / "m")]) == 1
     assert "blocks <- MPT weights" in capsys.readouterr().err
     assert not (tmp_path / "m").exists()
-    assert convert_main(["--preset", "of3b", "--fresh-heads", "--out", str(tmp_path / "m")]) == 1
+    assert convert_main(["--model", "of3b", "--fresh-heads", "--out", str(tmp_path / "m")]) == 1
     assert "missing" in capsys.readouterr().err  # nothing given for an of3b model
 
 
