@@ -106,12 +106,16 @@ def test_a_budget_for_a_checkpoint_without_calibration_is_refused_with_the_comma
                                                 REPO / "config" / "deer_policy.yaml")
 
 
-def test_the_bundled_demo_checkpoint_named_explicitly_gets_its_calibration():
-    from deer_ros.paths import demo_calibration, demo_checkpoint
+def test_a_model_folder_with_a_budget_uses_its_own_calibration_and_one_without_is_refused(tmp_path):
+    from deer_ros.paths import demo_checkpoint
 
-    values = node_parameters(policy_launch(), {"checkpoint": str(demo_checkpoint()), "flops_budget": "0.004"},
-                             REPO / "config" / "deer_policy.yaml")
-    assert values["calibration"] == str(demo_calibration())
+    params = REPO / "config" / "deer_policy.yaml"
+    values = node_parameters(policy_launch(), {"checkpoint": str(demo_checkpoint()), "flops_budget": "0.004"}, params)
+    assert values["flops_budget"] == 0.004 and not values.get("calibration")  # the node reads the folder's own
+    bare = tmp_path / "model"
+    bare.mkdir()
+    with pytest.raises(LaunchArgumentError, match="needs a calibration file"):
+        node_parameters(policy_launch(), {"checkpoint": str(bare), "flops_budget": "0.004"}, params)
 
 
 def test_descriptions_say_type_range_and_the_params_file_value():
