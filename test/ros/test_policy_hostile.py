@@ -21,15 +21,6 @@ from deer_ros.ros.image import rgb_to_image
 pytestmark = pytest.mark.ros
 
 
-@pytest.fixture
-def policy(launch_node, probe):
-    proc = launch_node("deer_policy_node", params={"use_sim_time": True, "diagnostics_period_s": 0.2})
-    driver = PolicyDriver(probe)
-    driver.proc = proc
-    driver.instruct("open the drawer")
-    return driver
-
-
 def test_negative_and_invalid_stamps_are_refused(policy):
     policy.act(1.0)
     for sec, nanosec in ((-1, 0), (-(2**31), 5), (3, 1_500_000_000)):

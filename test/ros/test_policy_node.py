@@ -18,16 +18,6 @@ from deer_ros.ros.image import rgb_to_image
 pytestmark = pytest.mark.ros
 
 
-@pytest.fixture
-def policy(launch_node, probe):
-    proc = launch_node("deer_policy_node", params={"use_sim_time": True, "camera_timeout_s": 1.0,
-                                                   "diagnostics_period_s": 0.2})
-    driver = PolicyDriver(probe)
-    driver.proc = proc
-    driver.instruction.publish(String(data="open the drawer"))
-    return driver
-
-
 def test_actions_are_stamped_with_the_observation_and_carry_exit_bookkeeping(policy):
     action = policy.act(10.0)
     assert (action.header.stamp.sec, action.header.stamp.nanosec) == (10, 0)

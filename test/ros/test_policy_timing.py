@@ -17,15 +17,6 @@ from deer_ros.msg import InstructionStatus
 pytestmark = pytest.mark.ros
 
 
-@pytest.fixture
-def policy(launch_node, probe):
-    proc = launch_node("deer_policy_node", params={"use_sim_time": True, "diagnostics_period_s": 0.2})
-    driver = PolicyDriver(probe)
-    driver.proc = proc
-    driver.instruct("open the drawer")
-    return driver
-
-
 def test_a_resent_observation_is_acted_on_once(policy):
     first = policy.act(1.0)
     for i in range(3):  # the bridge re-sends a frame whose action it has not seen (lockstep)
