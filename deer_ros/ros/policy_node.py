@@ -219,6 +219,7 @@ class DeerPolicyNode(LifecycleNode):
             self.create_subscription(String, "instruction", self._on_instruction, LATCHED),
         ]
         self._stop.clear()
+        self._commands.clear()  # budget changes made while unconfigured are already in the parameters just read
         self._worker = threading.Thread(target=self._run_worker, name="deer_policy_worker", daemon=True)
         self._worker.start()
         exits = ", ".join(f"{e.index}:{e.layers}L/{e.gflops:.3g}G" for e in policy.exits)

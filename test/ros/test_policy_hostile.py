@@ -87,6 +87,9 @@ def test_one_stray_stamp_or_a_lagging_camera_keeps_the_history(policy):
     _ticks(policy, base + 100, 30, lag=True)
     policy.act((base + 200) / 30)
     counts = policy.counts()
+    print(f"\nstray stamps (+1000 s, -1000 s, 0) then 30 ticks of camera lag: time_jumps {counts['time_jumps']}, "
+          f"history_resets {resets} -> {counts['history_resets']}, pairs {pairs} -> {counts['pairs']}, "
+          f"actions {actions} -> {counts['actions']}, dropped_pairs {counts['dropped_pairs']}")
     assert int(counts["time_jumps"]) == 0 and int(counts["history_resets"]) == resets, counts
     # the lagging camera still pairs every tick (best-effort transport may lose the odd frame)
     assert int(counts["pairs"]) >= pairs + 12 + 25 and int(counts["actions"]) > actions + 5, counts
