@@ -94,7 +94,8 @@ def parameter_changes(draw):
 
 
 cases = st.one_of(st.tuples(st.just("image"), images()), st.tuples(st.just("instruction"), instructions),
-                  st.tuples(st.just("parameter"), parameter_changes()), st.tuples(st.just("reset"), st.integers(0, 10**6)))  # a payload: hypothesis does not repeat a case
+                  st.tuples(st.just("parameter"), parameter_changes()),
+                  st.tuples(st.just("reset"), st.integers(0, 10**6)))  # a payload, as hypothesis repeats no case
 
 
 class Campaign:
