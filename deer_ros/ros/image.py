@@ -2,10 +2,17 @@
 
 ROS 2 `cv_bridge` is used when it is importable (a normal ROS 2 install); otherwise the built-in converter
 below gives the same arrays. Every malformed message raises ImageError with a reason a user can act on.
+
+Size limits (`ImageLimits`) are checked on the header fields before any pixel is touched, so an accepted image
+bounds the memory spent on it: the RGB copy is at most max_pixels * 3 bytes, and the model's resize (shorter
+side to S, then a centre crop) makes at most an S x (S * max_aspect) intermediate, so a long thin image cannot
+inflate into gigabytes.
 """
 from __future__ import annotations
 
 import numpy as np
+from dataclasses import dataclass
+
 from builtin_interfaces.msg import Time
 from sensor_msgs.msg import Image
 
@@ -24,6 +31,23 @@ class ImageError(ValueError):
     """A sensor_msgs/Image that cannot be turned into an RGB array."""
 
 
+@dataclass(frozen=True)
+class ImageLimits:
+    """Largest image accepted: pixel count and aspect ratio (long side / short side)."""
+
+    max_pixels: int = 4096 * 2160  # DCI 4K; CALVIN's 200x200 and 84x84 and VGA..UHD robot cameras fit
+    max_aspect: float = 4.0  # 32:9 ultra-wide is 3.56; a 100000x1 strip is refused
+
+    def check(self, width: int, height: int) -> None:
+        if width * height > self.max_pixels:
+            raise ImageError(f"image {width}x{height} has {width * height} pixels, more than max_image_pixels = "
+                             f"{self.max_pixels}: downscale it at the camera or raise max_image_pixels")
+        aspect = max(width, height) / min(width, height)
+        if aspect > self.max_aspect:
+            raise ImageError(f"image {width}x{height} has aspect ratio {aspect:.3g}, more than max_image_aspect = "
+                             f"{self.max_aspect:g}: crop it at the camera or raise max_image_aspect")
+
+
 def _ros_cv_bridge():
     """The ROS 2 cv_bridge, or None. The PyPI `cv-bridge` is a ROS 1 port that breaks with NumPy 2: skip it."""
     try:
@@ -33,8 +57,9 @@ def _ros_cv_bridge():
     return CvBridge() if hasattr(CvBridge, "imgmsg_to_cv2") else None
 
 
-def check_image(msg: Image) -> tuple[int, tuple[int, int, int]]:
-    """Validate the layout of `msg`; return (channels, RGB channel order) or raise ImageError."""
+def check_image(msg: Image, limits: ImageLimits | None = None) -> tuple[int, tuple[int, int, int]]:
+    """Validate the layout (and the size, given `limits`) of `msg`; return (channels, RGB channel order) or
+    raise ImageError. Reads header fields only: nothing is allocated before the image is accepted."""
     spec = _ENCODINGS.get(msg.encoding)
     if spec is None:
         raise ImageError(
@@ -44,6 +69,8 @@ def check_image(msg: Image) -> tuple[int, tuple[int, int, int]]:
     height, width, step = int(msg.height), int(msg.width), int(msg.step)
     if height <= 0 or width <= 0:
         raise ImageError(f"empty image: {width}x{height}")
+    if limits is not None:
+        limits.check(width, height)
     if step < width * channels:
         raise ImageError(f"step {step} is smaller than width*channels = {width * channels} for {msg.encoding}")
     size = len(msg.data)
@@ -52,9 +79,9 @@ def check_image(msg: Image) -> tuple[int, tuple[int, int, int]]:
     return channels, (r, g, b)
 
 
-def image_to_rgb(msg: Image) -> np.ndarray:
+def image_to_rgb(msg: Image, limits: ImageLimits | None = None) -> np.ndarray:
     """Return an (H, W, 3) uint8 RGB view of `msg` (a copy only when channels must be reordered or dropped)."""
-    channels, (r, g, b) = check_image(msg)
+    channels, (r, g, b) = check_image(msg, limits)
     height, width, step = int(msg.height), int(msg.width), int(msg.step)
     rows = np.frombuffer(msg.data, dtype=np.uint8).reshape(height, step)  # a view of the message buffer
     pixels = rows[:, : width * channels].reshape(height, width, channels)
@@ -81,14 +108,15 @@ def rgb_to_image(rgb: np.ndarray, stamp: Time, frame_id: str) -> Image:
 class ImageConverter:
     """Converts with ROS 2 cv_bridge when available, else with `image_to_rgb`; both give the same array."""
 
-    def __init__(self, prefer_cv_bridge: bool = True) -> None:
+    def __init__(self, prefer_cv_bridge: bool = True, limits: ImageLimits | None = None) -> None:
         self._bridge = _ros_cv_bridge() if prefer_cv_bridge else None
         self.backend = "cv_bridge" if self._bridge is not None else "builtin"
+        self.limits = limits
 
     def to_rgb(self, msg: Image) -> np.ndarray:
         if self._bridge is None or msg.encoding not in _ENCODINGS:
-            return image_to_rgb(msg)
-        check_image(msg)  # the same validation and messages whichever backend converts
+            return image_to_rgb(msg, self.limits)
+        check_image(msg, self.limits)  # the same validation and messages whichever backend converts
         try:
             out = self._bridge.imgmsg_to_cv2(msg, desired_encoding="rgb8")
         except Exception as exc:  # noqa: BLE001 - cv_bridge raises its own CvBridgeError type

@@ -18,7 +18,9 @@ def run_node(name: str, make: Callable[[], N], run: Callable[[N], int], args: li
     """Create a node with `make`, return what `run(node)` returns.
 
     A ParameterError or one of `fatal` (bad dataset, missing dependency...) is logged as one FATAL line and
-    gives exit code 2, without a traceback; SIGINT/SIGTERM (rclpy shuts the context down) give 0.
+    gives exit code 2, without a traceback; SIGINT/SIGTERM (rclpy shuts the context down) give 0, also when
+    they arrive while the node is being created (a model loading). A second Ctrl-C during the clean-up ends
+    it early, still without a traceback.
     -h/--help prints the node's help (its module docstring and `parameters`) and starts nothing.
     """
     if help_requested(args):
@@ -36,7 +38,11 @@ def run_node(name: str, make: Callable[[], N], run: Callable[[N], int], args: li
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
-        if node is not None:
-            node.close()
-        rclpy.try_shutdown()
+        try:
+            if node is not None:
+                node.close()
+        except KeyboardInterrupt:
+            rclpy.logging.get_logger(name).warning("second interrupt: clean-up cut short")
+        finally:
+            rclpy.try_shutdown()
     return code

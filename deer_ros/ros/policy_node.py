@@ -3,42 +3,53 @@
 A managed (lifecycle) node: configure loads the model and the calibration, activate starts acting, deactivate
 stops publishing, cleanup frees the model. With `autostart` (default) it configures and activates itself.
 
-Threads: subscriptions and parameter services run on the executor and only store data; one worker thread runs
-the model on the newest image pair, so inference never blocks the subscriptions.
+Threads: the executor runs the subscriptions, services and parameter callbacks; they validate, store and answer
+at once, and never wait for inference. One worker thread owns the policy: it runs the model on the newest image
+pair and, between steps, applies what the callbacks queued (instruction, reset, budget change), so an
+instruction and the history it resets always change together, and a step never sees one without the other.
+
+One action per observation: a pair whose stamps were already acted on (a lockstep re-send) is dropped and
+counted, so the recurrent history advances exactly once per observation. After applying an instruction the
+worker publishes InstructionStatus on `instruction_active` (latched); a pair that arrived before the
+instruction in force was received is dropped, so a peer that waits for the status before sending the frames of a
+new task never has them scored against the previous instruction.
 """
 from __future__ import annotations
 
 import threading
 import time
-import traceback
-from collections import Counter, deque
+import unicodedata
+from collections import Counter, OrderedDict, deque
+from pathlib import Path
 
 import numpy as np
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import SetParametersResult
+from rclpy.clock import Clock, ClockType
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
-from rclpy.clock import Clock, ClockType
 from rclpy.time import Time
 from sensor_msgs.msg import Image
 from std_msgs.msg import String
 from std_srvs.srv import Trigger
 
+from deer_ros.exits import solver
 from deer_ros.exits.calibration import Calibration, CalibrationError, calibration_for
-from deer_ros.exits.controller import BudgetError, ExitBudget
-from deer_ros.msg import EndEffectorAction
-from deer_ros.ros.image import ImageConverter, ImageError
-from deer_ros.ros.pairing import GRIPPER, STATIC, Pair, StampPairer
+from deer_ros.exits.controller import BudgetSettings, ExitBudget, refusal
+from deer_ros.msg import EndEffectorAction, InstructionStatus
+from deer_ros.ros.image import ImageConverter, ImageError, ImageLimits
 from deer_ros.ros.node_main import run_node
+from deer_ros.ros.pairing import GRIPPER, STATIC, Pair, StampPairer
 from deer_ros.ros.params import ParamSpec, check_changes, declare, values
 
 NODE_NAME = "deer_policy"
 BUDGET_PARAMETERS = ("flops_budget", "max_exit", "exit_ratio", "thresholds", "criterion", "budget_tracking")
+MAX_FLOPS_BUDGET = 10000.0
 
 POLICY_PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("flops_budget", float, 0.0, "Target average LLM GFLOPs per action; 0 = no average budget "
-              "(exit_ratio decides).", 0.0, 10000.0),
+              "(exit_ratio decides). Below the cheapest exit is refused; above what the allowed exits can spend "
+              "means: run every allowed exit.", 0.0, MAX_FLOPS_BUDGET),
     ParamSpec("max_exit", int, 0, "Highest exit that may run (peak compute cap); 0 = all built exits.", 0, 64),
     ParamSpec("exit_ratio", float, 1.0, "DeeR geometric exit-rate parameter (<1 favours early exits), used when "
               "flops_budget is 0.", 0.05, 20.0),
@@ -65,17 +76,51 @@ POLICY_PARAMETERS: tuple[ParamSpec, ...] = (
               "that are paired.", 0.0, 1.0),
     ParamSpec("camera_timeout_s", float, 1.0, "Node-clock age after which images are stale: no more actions "
               "and diagnostics ERROR.", 0.01, 60.0),
+    ParamSpec("max_image_pixels", int, ImageLimits.max_pixels, "Largest image accepted (width * height); "
+              "larger ones are refused and counted. The default fits 4096x2160.", 1, 16384 * 16384),
+    ParamSpec("max_image_aspect", float, ImageLimits.max_aspect, "Largest long-side / short-side ratio "
+              "accepted; the model resizes the short side, so this bounds the resize's memory.", 1.0, 1000.0),
+    ParamSpec("max_instruction_chars", int, 1000, "Longest instruction accepted (characters).", 1, 1_000_000),
     ParamSpec("diagnostics_period_s", float, 1.0, "Period of /diagnostics messages.", 0.1, 60.0, read_only=True),
+    ParamSpec("simulated_step_delay_s", float, 0.0, "Testing aid: sleep this long inside every step, after the "
+              "model ran, to reproduce a slow model (of3b on a CPU) with the tiny one. 0 = off.", 0.0, 600.0,
+              read_only=True),
 )
 _SPECS = {spec.name: spec for spec in POLICY_PARAMETERS}
 
 LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+_PROCESSED_MEMORY = 1024  # observations remembered for "one action per observation"
+_SHOWN_CHARS = 200  # instruction text shown in logs and diagnostics
 
 
-def _budget_changes(params) -> dict:
-    """The budget parameters among `params`, as plain values for ExitBudget.check/apply."""
-    return {p.name: (list(p.value) if _SPECS[p.name].kind is list else p.value)
-            for p in params if p.name in BUDGET_PARAMETERS}
+def visible(text: str) -> bool:
+    """Whether `text` has a character a reader sees (not only spaces, controls, format or combining marks)."""
+    return any(unicodedata.category(c)[0] not in "CZ" and unicodedata.category(c) not in ("Mn", "Me")
+               for c in text)
+
+
+def shown(text: str) -> str:
+    return text if len(text) <= _SHOWN_CHARS else f"{text[:_SHOWN_CHARS]}... ({len(text)} chars)"
+
+
+def stamp_ns(stamp) -> int | None:
+    """A header stamp in nanoseconds, or None when it is not a valid time (negative, nanosec >= 1e9)."""
+    sec, nanosec = int(stamp.sec), int(stamp.nanosec)
+    if sec < 0 or not 0 <= nanosec < 1_000_000_000:
+        return None
+    return sec * 1_000_000_000 + nanosec
+
+
+def effective_budget(settings: dict, exit_gflops) -> tuple[dict, float | None]:
+    """The budget settings the controller gets: a flops_budget above what exits 1..cap can spend becomes that
+    maximum (a budget is a ceiling: run every allowed exit). Returns (settings, the maximum when it applied)."""
+    g = np.asarray(exit_gflops, dtype=np.float64)
+    flops, cap = float(settings["flops_budget"]), int(settings["max_exit"]) or len(g)
+    if flops > 0 and 1 <= cap <= len(g):
+        hi = solver.budget_range(g, cap)[1]
+        if flops > hi:
+            return {**settings, "flops_budget": hi}, hi
+    return settings, None
 
 
 class DeerPolicyNode(LifecycleNode):
@@ -84,12 +129,21 @@ class DeerPolicyNode(LifecycleNode):
         declare(self, POLICY_PARAMETERS)
         self.add_on_set_parameters_callback(self._validate_parameters)
         self.add_post_set_parameters_callback(self._apply_parameters)
-        self._converter = ImageConverter()
+        self._converter = ImageConverter(limits=self._image_limits())
         self._pairer = StampPairer(slop_ns=int(self._param("pair_slop_s") * 1e9))
         self._policy = None
         self._budget: ExitBudget | None = None
-        self._model_lock = threading.Lock()  # policy state: steps, resets and threshold changes
+        # (exit GFLOPs, calibration) of the loaded model; kept after cleanup (the model parameters are read-only,
+        # so the next configure loads the same exits) to check budget changes while unconfigured
+        self._reference: tuple[np.ndarray, Calibration | None] | None = None
+        self._model_lock = threading.Lock()  # the policy and budget: held by the worker, and by cleanup
+        self._commands: deque = deque()  # (kind, payload) queued by callbacks, applied by the worker between steps
+        # owned by the worker: the instruction in force, when it was received, the observations acted on
         self._instruction = ""
+        self._instruction_received_ns = 0
+        self._instruction_sequence = 0
+        self._processed: OrderedDict = OrderedDict()
+        self._budget_report: dict[str, str] = {}
         self._active = False
         self._worker: threading.Thread | None = None
         self._stop = threading.Event()
@@ -98,9 +152,15 @@ class DeerPolicyNode(LifecycleNode):
         self._exit_hist: Counter = Counter()
         self._latency_ms: deque = deque(maxlen=500)
         self._overhead_ms: deque = deque(maxlen=500)
+        self._last_action_ns = 0  # monotonic
+        self._last_failure_ns = 0  # monotonic: the latest step error or non-finite output
+        self._duplicate_name = False
         self._io: list = []
         self._action_pub = None
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self._status_pub = self.create_publisher(InstructionStatus, "instruction_active", LATCHED)
+        # the reset service lives as long as the node, so that it can say "no model loaded" when unconfigured
+        self._reset_srv = self.create_service(Trigger, "~/reset", self._on_reset)
         # Diagnostics on the steady clock: they must keep coming when sim time stops (a paused simulator).
         self._diag_timer = self.create_timer(self._param("diagnostics_period_s"), self._publish_diagnostics,
                                              clock=Clock(clock_type=ClockType.STEADY_TIME))
@@ -109,6 +169,18 @@ class DeerPolicyNode(LifecycleNode):
 
     # ---------------------------------------------------------------- lifecycle
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        try:
+            self._load()
+        except Exception as exc:  # noqa: BLE001 - any failure must reach the log in one line, not a traceback
+            self._last_error = f"{type(exc).__name__}: {exc}" if not isinstance(exc, (OSError, ValueError)) \
+                else str(exc)
+            if self.context.ok():
+                self.get_logger().error(f"configure failed: {self._last_error}")
+            self._release()
+            return TransitionCallbackReturn.FAILURE
+        return TransitionCallbackReturn.SUCCESS
+
+    def _load(self) -> None:
         from deer_ros.model.checkpoint import load_policy  # torch is imported only when a model is loaded
 
         p = values(self, POLICY_PARAMETERS)
@@ -116,21 +188,28 @@ class DeerPolicyNode(LifecycleNode):
             import torch
 
             torch.set_num_threads(p["cpu_threads"])
+        checkpoint = _readable(p["checkpoint"], "checkpoint") if p["checkpoint"] else None
+        calibration = self._load_calibration(p)
         try:
             # max_exit is a run-time cap (it can be raised again), so every exit that fits memory_budget_mb is
             # built; only memory_budget_mb leaves layers out.
-            policy = load_policy(checkpoint=p["checkpoint"] or None, preset=p["model"], device=p["device"],
-                                 dtype=p["dtype"], memory_budget_mb=p["memory_budget_mb"] or None)
-            budget = ExitBudget.create(policy.exits, self._load_calibration(p),
-                                       {k: p[k] for k in BUDGET_PARAMETERS})
-        except Exception as exc:  # noqa: BLE001 - any failure must reach the log, not vanish in the lifecycle
-            self._last_error = f"{type(exc).__name__}: {exc}"
-            if not isinstance(exc, (OSError, ValueError, RuntimeError, BudgetError, CalibrationError)):
-                self.get_logger().error(traceback.format_exc())
-            self.get_logger().error(f"configure failed: {self._last_error}")
-            return TransitionCallbackReturn.FAILURE
+            policy = load_policy(checkpoint=checkpoint, preset=p["model"], device=p["device"], dtype=p["dtype"],
+                                 memory_budget_mb=p["memory_budget_mb"] or None)
+        except (OSError, ValueError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - e.g. IndexError from a file that is no checkpoint at all
+            raise ValueError(f"checkpoint {checkpoint or 'bundled demo'} could not be loaded "
+                             f"({type(exc).__name__}: {exc}): is it a deer_ros or DeeR checkpoint?") from None
+        settings = {k: p[k] for k in BUDGET_PARAMETERS}
+        budget = ExitBudget.create(policy.exits, calibration, {**settings, "flops_budget": 0.0})
+        reference = (budget.exit_gflops, budget.calibration)
+        budget.apply(self._effective(settings, reference))
+        if not self.context.ok():
+            raise RuntimeError("shutting down")
         with self._model_lock:
-            self._policy, self._budget = policy, budget
+            self._policy, self._budget, self._reference = policy, budget, reference
+            self._budget_report = budget.report()
+        self._advertise_ranges(reference)
         self._action_pub = self.create_lifecycle_publisher(EndEffectorAction, "action", 10)
         self._io = [
             self.create_subscription(Image, "camera/static/image_raw", lambda m: self._on_image(STATIC, m),
@@ -138,25 +217,39 @@ class DeerPolicyNode(LifecycleNode):
             self.create_subscription(Image, "camera/gripper/image_raw", lambda m: self._on_image(GRIPPER, m),
                                      qos_profile_sensor_data),
             self.create_subscription(String, "instruction", self._on_instruction, LATCHED),
-            self.create_service(Trigger, "~/reset", self._on_reset),
         ]
         self._stop.clear()
+        self._commands.clear()  # budget changes made while unconfigured are already in the parameters just read
         self._worker = threading.Thread(target=self._run_worker, name="deer_policy_worker", daemon=True)
         self._worker.start()
         exits = ", ".join(f"{e.index}:{e.layers}L/{e.gflops:.3g}G" for e in policy.exits)
         self.get_logger().info(f"loaded {p['model']} on {p['device']} ({p['dtype']}); exits {exits}; "
                                f"{budget.describe()}")
-        return TransitionCallbackReturn.SUCCESS
 
     def _load_calibration(self, p: dict) -> Calibration | None:
         """The calibration file given, or the one inside the model folder (the bundled demo model's by default)."""
-        calibration, self._calibration_warning = calibration_for(p["checkpoint"], p["calibration"])
+        given = _readable(p["calibration"], "calibration") if p["calibration"] else ""
+        try:
+            calibration, self._calibration_warning = calibration_for(p["checkpoint"], given)
+        except CalibrationError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a truncated zip raises BadZipFile, without the path
+            raise CalibrationError(f"{given or 'the model folder calibration'}: not a readable calibration file "
+                                   f"({type(exc).__name__}: {exc}); create one with `deer-ros calibrate`") from None
         if calibration is None:
             self.get_logger().warning("no calibration file: flops_budget and exit_ratio cannot be solved; "
                                       "explicit thresholds and max_exit still work")
         if self._calibration_warning:
             self.get_logger().warning(self._calibration_warning)
         return calibration
+
+    def _advertise_ranges(self, reference) -> None:
+        """`ros2 param describe` shows what this model accepts: max_exit up to its exits, and the budgets."""
+        g = reference[0]
+        lo, hi = solver.budget_range(g, None)
+        self.set_descriptor("max_exit", _SPECS["max_exit"].descriptor(0, len(g), f" This model: 0..{len(g)}."))
+        self.set_descriptor("flops_budget", _SPECS["flops_budget"].descriptor(
+            note=f" This model: 0, or {lo:.4g}..{MAX_FLOPS_BUDGET:g} (at most {hi:.4g} is spent)."))
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._active = True
@@ -182,10 +275,7 @@ class DeerPolicyNode(LifecycleNode):
             self._worker.join(timeout=10.0)
             self._worker = None
         for entity in self._io:
-            if hasattr(entity, "srv_name"):
-                self.destroy_service(entity)
-            else:
-                self.destroy_subscription(entity)
+            self.destroy_subscription(entity)
         self._io = []
         if self._action_pub is not None:
             self.destroy_lifecycle_publisher(self._action_pub)
@@ -194,6 +284,7 @@ class DeerPolicyNode(LifecycleNode):
             device = getattr(self._policy, "device", None)
             self._policy = None
             self._budget = None
+            self._commands.clear()
         if device is not None and str(device).startswith("cuda"):
             import torch
 
@@ -211,9 +302,16 @@ class DeerPolicyNode(LifecycleNode):
         self.trigger_activate()
         return True
 
-    # ---------------------------------------------------------------- inputs
+    # ---------------------------------------------------------------- inputs (executor thread: never wait)
+    def _image_limits(self) -> ImageLimits:
+        return ImageLimits(max_pixels=self._param("max_image_pixels"), max_aspect=self._param("max_image_aspect"))
+
     def _on_image(self, camera: str, msg: Image) -> None:
+        stamp = stamp_ns(msg.header.stamp)
         try:
+            if stamp is None:
+                raise ImageError(f"invalid stamp {msg.header.stamp.sec} s {msg.header.stamp.nanosec} ns: stamps "
+                                 "must be >= 0 with nanosec < 1e9")
             rgb = self._converter.to_rgb(msg)
         except ImageError as exc:
             self._counts[f"bad_{camera}_images"] += 1
@@ -223,95 +321,162 @@ class DeerPolicyNode(LifecycleNode):
         now = self.get_clock().now().nanoseconds
         self._last_image_ns[camera] = now
         self._counts[f"{camera}_images"] += 1
-        stamp = Time.from_msg(msg.header.stamp).nanoseconds
         if self._pairer.add(camera, stamp, rgb, time.monotonic_ns(), msg.header.frame_id):
-            self.get_logger().warning("image stamps went back in time (simulator reset?): history cleared")
-            self._reset_history()
+            self.get_logger().warning("both cameras went back in time (simulator reset?): history cleared")
 
     def _on_instruction(self, msg: String) -> None:
         text = msg.data.strip()
+        limit = self._param("max_instruction_chars")
+        reason = None
         if not text:
             self._counts["empty_instructions"] += 1
-            self._last_error = "empty instruction refused; the previous instruction stays in force"
+            reason = "empty instruction refused"
+        elif not visible(text):
+            self._counts["invisible_instructions"] += 1
+            reason = f"instruction of {len(text)} invisible characters refused"
+        elif len(text) > limit:
+            self._counts["long_instructions"] += 1
+            reason = f"instruction of {len(text)} characters refused (max_instruction_chars = {limit})"
+        if reason:
+            self._last_error = f"{reason}; the previous instruction stays in force"
             self.get_logger().warning(self._last_error)
             return
-        self._instruction = text
-        self._reset_history()
-        self._counts["instructions"] += 1
-        self.get_logger().info(f"instruction: '{text}' (history reset)")
+        self._counts["instructions_received"] += 1
+        self._queue("instruction", (text, time.monotonic_ns()))
 
     def _on_reset(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
         if self._policy is None:
             response.success, response.message = False, "no model loaded (node not configured)"
             return response
-        self._reset_history()
-        response.success, response.message = True, "recurrent state cleared"
+        self._queue("reset", None)
+        response.success, response.message = True, "recurrent state cleared (before the next step)"
         return response
 
-    def _reset_history(self) -> None:
-        with self._model_lock:
-            if self._policy is not None:
-                self._policy.reset()
+    def _queue(self, kind: str, payload) -> None:
+        self._commands.append((kind, payload))
+        self._pairer.wake()
 
     # ---------------------------------------------------------------- parameters
     def _param(self, name: str):
         return self.get_parameter(name).value
 
+    def _budget_settings(self, params=()) -> dict:
+        """The budget parameters now, with `params` (a change being validated) applied."""
+        settings = {k: v for k, v in values(self, POLICY_PARAMETERS).items() if k in BUDGET_PARAMETERS}
+        settings.update({p.name: _SPECS[p.name].coerce(p.value) for p in params if p.name in BUDGET_PARAMETERS})
+        return settings
+
+    def _effective(self, settings: dict, reference) -> dict:
+        effective, maximum = effective_budget(settings, reference[0])
+        if maximum is not None:
+            self.get_logger().info(f"flops_budget {settings['flops_budget']:g} GFLOPs is more than exits "
+                                   f"1..{int(settings['max_exit']) or len(reference[0])} can spend "
+                                   f"({maximum:.4g}): every allowed exit runs")
+        return effective
+
     def _validate_parameters(self, params) -> SetParametersResult:
         """Refuse a bad change with a reason; no side effects here (rclpy applies nothing on refusal)."""
         reason = check_changes(_SPECS, params)
-        changes = _budget_changes(params)
-        if reason is None and changes and self._budget is not None:
-            reason = self._budget.check(changes)
+        budget_names = sorted({p.name for p in params if p.name in BUDGET_PARAMETERS})
+        if reason is None and budget_names:
+            reference = self._reference
+            if reference is None:
+                reason = (f"{', '.join(budget_names)} cannot be checked before a model is loaded (node "
+                          "unconfigured): configure the node first, or pass the value at start-up (-p)")
+            else:
+                settings = self._budget_settings(params)
+                effective, _ = effective_budget(settings, reference[0])
+                reason = refusal(BudgetSettings(), effective, reference[0], reference[1])
+                if reason and effective["flops_budget"] != settings["flops_budget"]:
+                    reason += f" (flops_budget {settings['flops_budget']:g} runs every allowed exit)"
         return SetParametersResult(successful=reason is None, reason=reason or "")
 
     def _apply_parameters(self, params) -> None:
         names = {p.name for p in params}
         if "pair_slop_s" in names:
             self._pairer.slop_ns = int(self._param("pair_slop_s") * 1e9)
-        changes = _budget_changes(params)
-        if changes and self._budget is not None:
-            with self._model_lock:
-                self._budget.apply(changes)
-            self.get_logger().info(f"budget changed: {self._budget.describe()}")
+        if names & {"max_image_pixels", "max_image_aspect"}:
+            self._converter.limits = self._image_limits()
+        if names & set(BUDGET_PARAMETERS) and self._reference is not None:
+            self._queue("budget", self._effective(self._budget_settings(), self._reference))
 
-    # ---------------------------------------------------------------- inference
+    # ---------------------------------------------------------------- worker: the only user of the policy
     def _run_worker(self) -> None:
         while not self._stop.is_set():
             pair = self._pairer.take(timeout=0.1)
-            if pair is not None and self._active:
-                try:
+            try:
+                self._apply_commands()
+                if pair is not None and self._active:
                     self._act(pair)
-                except Exception as exc:  # noqa: BLE001 - one bad step must not kill the robot's policy
-                    self._counts["step_errors"] += 1
-                    self._last_error = f"inference failed: {exc}"
-                    self.get_logger().error(self._last_error, throttle_duration_sec=2.0)
+            except Exception as exc:  # noqa: BLE001 - one bad step must not kill the robot's policy
+                self._counts["step_errors"] += 1
+                self._last_failure_ns = time.monotonic_ns()
+                self._last_error = f"inference failed: {type(exc).__name__}: {exc}"
+                self.get_logger().error(self._last_error, throttle_duration_sec=2.0)
+
+    def _apply_commands(self) -> None:
+        while self._commands:
+            kind, payload = self._commands.popleft()
+            with self._model_lock:
+                if self._policy is None:
+                    return
+                if kind == "budget":
+                    self._budget.apply(payload)
+                    self._budget_report = self._budget.report()
+                    self.get_logger().info(f"budget changed: {self._budget.describe()}")
+                    continue
+                self._policy.reset()
+                self._counts["history_resets"] += 1
+                if kind == "instruction":
+                    self._instruction, self._instruction_received_ns = payload
+                    self._instruction_sequence += 1
+                    self._counts["instructions"] += 1
+            if kind == "instruction":
+                self._publish_instruction_status()
+                self.get_logger().info(f"instruction: '{shown(self._instruction)}' (history reset)")
+
+    def _publish_instruction_status(self) -> None:
+        msg = InstructionStatus(text=self._instruction, sequence=self._instruction_sequence)
+        msg.header.stamp = self.get_clock().now().to_msg()
+        self._status_pub.publish(msg)
 
     def _act(self, pair: Pair) -> None:
-        now_ns = self.get_clock().now().nanoseconds
-        # Under sim time the clock reads 0 until the first /clock: staleness cannot be judged yet.
-        age_s = (now_ns - pair.stamp_ns) / 1e9 if now_ns else 0.0
-        if age_s > self._param("camera_timeout_s"):
-            self._counts["stale_pairs"] += 1
+        if pair.after_jump:
+            with self._model_lock:
+                if self._policy is not None:
+                    self._policy.reset()
+            self._processed.clear()  # a reset simulator sends the same stamps again: new observations
+            self._counts["history_resets"] += 1
+        if not self._fresh(pair):
             return
-        if age_s < -max(self._param("pair_slop_s"), 0.5):
-            self._counts["pairs_from_the_future"] += 1  # stamped before a clock reset
+        if pair.key in self._processed:
+            self._counts["repeated_pairs"] += 1  # a re-send of an observation already acted on
             return
         if not self._instruction:
             self._counts["pairs_without_instruction"] += 1
             self.get_logger().warning("no instruction yet: publish one on 'instruction'",
                                       throttle_duration_sec=5.0)
             return
+        if pair.received_ns < self._instruction_received_ns:
+            self._counts["pairs_before_instruction"] += 1  # sent for the previous instruction
+            return
+        self._processed[pair.key] = None
+        while len(self._processed) > _PROCESSED_MEMORY:
+            self._processed.popitem(last=False)
         with self._model_lock:
             if self._policy is None:
                 return
             result = self._policy.step(pair.static, pair.gripper, self._instruction, self._budget.decider)
-            if not np.all(np.isfinite(result.action)):
+            self._counts["steps"] += 1
+            self._stop.wait(self._param("simulated_step_delay_s"))
+            if not np.all(np.isfinite(result.action)) or not np.isfinite(result.gflops):
                 self._counts["nonfinite_actions"] += 1
+                self._last_failure_ns = time.monotonic_ns()
                 self._last_error = "the model produced NaN/Inf: action not published"
                 self.get_logger().error(self._last_error, throttle_duration_sec=2.0)
                 return
             self._budget.record(result.gflops)
+            self._budget_report = self._budget.report()
             budget = self._budget.flops_budget
         msg = EndEffectorAction()
         msg.header.stamp = Time(nanoseconds=pair.stamp_ns).to_msg()
@@ -324,26 +489,60 @@ class DeerPolicyNode(LifecycleNode):
         msg.latency_ms = float(latency_ms)
         self._action_pub.publish(msg)
         self._counts["actions"] += 1
+        self._last_action_ns = time.monotonic_ns()
         self._exit_hist[result.exit_index] += 1
         self._latency_ms.append(latency_ms)
         self._overhead_ms.append(latency_ms - float(result.timings_ms.get("total", 0.0)))
 
+    def _fresh(self, pair: Pair) -> bool:
+        """Whether the pair's stamp fits the node clock; a mismatch is counted and explained (throttled)."""
+        now_ns = self.get_clock().now().nanoseconds
+        # Under sim time the clock reads 0 until the first /clock: staleness cannot be judged yet.
+        age_s = (now_ns - pair.stamp_ns) / 1e9 if now_ns else 0.0
+        timeout = self._param("camera_timeout_s")
+        if age_s > timeout:
+            self._counts["stale_pairs"] += 1
+            hint = (" The node uses sim time: is /clock published by the same source as the images?"
+                    if self._param("use_sim_time") else
+                    " If the images come from a simulator or a bag that publishes /clock, start the node "
+                    "with use_sim_time:=true.")
+            self._last_error = (f"image pair stamped {age_s:.3g} s before the node clock (camera_timeout_s "
+                                f"{timeout:g}): dropped as stale.{hint}")
+            self.get_logger().warning(self._last_error, throttle_duration_sec=5.0)
+            return False
+        if age_s < -max(self._param("pair_slop_s"), 0.5):
+            self._counts["pairs_from_the_future"] += 1  # stamped before a clock reset
+            self._last_error = (f"image pair stamped {-age_s:.3g} s after the node clock: dropped (clock reset, or "
+                                "use_sim_time differs between the camera source and this node)")
+            self.get_logger().warning(self._last_error, throttle_duration_sec=5.0)
+            return False
+        return True
+
     # ---------------------------------------------------------------- diagnostics
     def _publish_diagnostics(self) -> None:
+        self._check_duplicate_name()
         level, message = self._health()
         status = DiagnosticStatus(level=level, name=f"{self.get_name()}: policy", message=message,
                                   hardware_id=str(self._param("device")))
         kv = dict(self._counts)
+        kv["pairs"] = self._pairer.stats.pairs
         kv["dropped_pairs"] = self._pairer.stats.dropped
         kv["time_jumps"] = self._pairer.stats.time_jumps
-        kv["instruction"] = self._instruction
+        kv["instruction"] = shown(self._instruction)
+        kv["instruction_sequence"] = self._instruction_sequence
         kv["exit_histogram"] = " ".join(f"{k}:{v}" for k, v in sorted(self._exit_hist.items()))
         for name, samples in (("latency_ms", self._latency_ms), ("overhead_ms", self._overhead_ms)):
             if samples:
                 kv[f"{name}_p50"] = f"{np.percentile(samples, 50):.2f}"
                 kv[f"{name}_p99"] = f"{np.percentile(samples, 99):.2f}"
         if self._budget is not None:
-            kv.update(self._budget.report())
+            kv.update(self._budget_report)
+            requested = float(self._param("flops_budget"))
+            if requested > float(self._budget_report.get("flops_budget", requested)):
+                kv["flops_budget_requested"] = f"{requested:g}"
+                kv["flops_budget_note"] = "above what the allowed exits can spend: every allowed exit runs"
+        if self._duplicate_name:
+            kv["duplicate_node_name"] = "true"
         if self._last_error:
             kv["last_error"] = self._last_error
         if self._calibration_warning:  # the calibration belongs to another checkpoint
@@ -354,11 +553,24 @@ class DeerPolicyNode(LifecycleNode):
         msg.header.stamp = self.get_clock().now().to_msg()
         self._diag_pub.publish(msg)
 
+    def _check_duplicate_name(self) -> None:
+        """Two nodes with one name both act and both take parameter changes: say so (rclpy does not)."""
+        me = (self.get_name(), self.get_namespace())
+        self._duplicate_name = sum(1 for n in self.get_node_names_and_namespaces() if n == me) > 1
+        if self._duplicate_name:
+            self.get_logger().warning(f"another node is named {self.get_fully_qualified_name()}: both act on the "
+                                      "cameras and take parameter changes; rename one (-r __node:=NAME)",
+                                      throttle_duration_sec=10.0)
+
     def _health(self) -> tuple[bytes, str]:
         if self._policy is None:
             return DiagnosticStatus.WARN, f"not configured {self._last_error}".strip()
         if not self._active:
             return DiagnosticStatus.WARN, "inactive"
+        if self._last_failure_ns > self._last_action_ns:
+            return DiagnosticStatus.ERROR, (f"not publishing: step_errors {self._counts['step_errors']}, "
+                                            f"nonfinite_actions {self._counts['nonfinite_actions']}; "
+                                            f"{self._last_error}")
         now = self.get_clock().now().nanoseconds
         timeout = self._param("camera_timeout_s")
         silent = []
@@ -372,6 +584,8 @@ class DeerPolicyNode(LifecycleNode):
             return DiagnosticStatus.ERROR, "; ".join(silent) + ": no actions"
         if not self._instruction:
             return DiagnosticStatus.WARN, "waiting for an instruction"
+        if self._duplicate_name:
+            return DiagnosticStatus.WARN, f"acting, but another node is named {self.get_fully_qualified_name()}"
         return DiagnosticStatus.OK, "acting"
 
     def close(self) -> None:
@@ -379,11 +593,45 @@ class DeerPolicyNode(LifecycleNode):
         self.destroy_node()
 
 
+def _readable(path: str, what: str) -> str:
+    """`path` when it is a non-empty regular file; otherwise ValueError/FileNotFoundError saying which it is."""
+    p = Path(path).expanduser()
+    if p.is_dir() and what == "checkpoint":
+        return str(p)  # a Hugging Face model directory
+    if not p.exists():
+        raise FileNotFoundError(f"{what} {p} does not exist")
+    if not p.is_file():
+        raise ValueError(f"{what} {p} is not a regular file")
+    if p.stat().st_size == 0:
+        raise ValueError(f"{what} {p} is empty (0 bytes)")
+    return str(p)
+
+
 def _run(node: DeerPolicyNode) -> int:
     if not node.start():
-        node.get_logger().fatal("could not load the model; see the error above")
+        if not node.context.ok():
+            return 0  # SIGINT/SIGTERM while the model was loading
+        node.get_logger().fatal(f"could not load the model: {node._last_error}")
         return 1
-    rclpy.spin(node)
+    return spin_guarded(node)
+
+
+def spin_guarded(node: DeerPolicyNode) -> int:
+    """Spin until shutdown. An exception raised inside rclpy's own callbacks (a parameter message with an unknown
+    type code, a negative /clock under use_sim_time) is logged and counted instead of ending the process."""
+    from rclpy.executors import SingleThreadedExecutor
+
+    executor = SingleThreadedExecutor(context=node.context)
+    executor.add_node(node)
+    while node.context.ok():
+        try:
+            executor.spin()
+        except Exception as exc:  # noqa: BLE001 - see above; KeyboardInterrupt and shutdown are not caught
+            if not node.context.ok():
+                break
+            node._counts["callback_errors"] += 1
+            node._last_error = f"a callback inside rclpy failed ({type(exc).__name__}: {exc}); request dropped"
+            node.get_logger().error(node._last_error, throttle_duration_sec=2.0)
     return 0
 
 

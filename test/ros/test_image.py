@@ -4,7 +4,7 @@ import pytest
 from builtin_interfaces.msg import Time
 from sensor_msgs.msg import Image
 
-from deer_ros.ros.image import ImageConverter, ImageError, image_to_rgb, rgb_to_image
+from deer_ros.ros.image import ImageConverter, ImageError, ImageLimits, image_to_rgb, rgb_to_image
 
 RNG = np.random.default_rng(0)
 RGB = RNG.integers(0, 256, size=(5, 7, 3), dtype=np.uint8)
@@ -77,3 +77,21 @@ def test_converter_matches_builtin_whichever_backend():
         np.testing.assert_array_equal(converter.to_rgb(_msg(np.ascontiguousarray(pixels), enc)), RGB)
     with pytest.raises(ImageError):
         converter.to_rgb(_msg(RGB, "32FC1"))
+
+
+@pytest.mark.parametrize("width,height,reason", [(100000, 1, "aspect ratio 1e\\+05"), (5, 21, "aspect ratio 4.2"),
+                                                  (4097, 2160, "more than max_image_pixels")])
+def test_images_beyond_the_limits_are_refused_before_any_pixel_is_read(width, height, reason):
+    # data is empty: the size check runs on the header alone, before the layout check could even look at it
+    msg = Image(height=height, width=width, encoding="rgb8", step=width * 3, data=b"")
+    with pytest.raises(ImageError, match=reason):
+        image_to_rgb(msg, ImageLimits())
+    with pytest.raises(ImageError, match=reason):
+        ImageConverter(limits=ImageLimits()).to_rgb(msg)
+
+
+def test_calvin_and_common_camera_sizes_fit_the_default_limits():
+    limits = ImageLimits()
+    for width, height in [(200, 200), (84, 84), (640, 480), (1280, 720), (1920, 1080), (3840, 2160),
+                          (4096, 2160), (2208, 1242)]:
+        limits.check(width, height)
