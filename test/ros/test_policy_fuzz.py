@@ -166,7 +166,8 @@ class Campaign:
 
     def report(self) -> dict:
         counts = self.policy.counts()
-        report = {"seed": SEED, "total_cases": self.cases, "cases": dict(self.counts), "actions": len(self.policy.actions),
+        report = {"seed": SEED, "total_cases": self.cases, "cases": dict(self.counts),
+                  "actions": len(self.policy.actions),
                   "unsafe_actions": 0, "crashes": 0, "acting_checks": self.checked,
                   "node_counters": {k: counts[k] for k in sorted(counts) if counts[k].isdigit()},
                   "peak_rss_mb": peak_rss_mb(self.policy.proc.proc.pid)}
