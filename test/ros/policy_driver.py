@@ -79,7 +79,8 @@ class PolicyDriver:
         while time.monotonic() < deadline:
             stamp = self.tick(t, **images)
             try:
-                self.probe.spin_until(lambda stamp=stamp: self.action_for(stamp) is not None, 2.0, f"an action for t={t}")
+                self.probe.spin_until(lambda stamp=stamp: self.action_for(stamp) is not None, 2.0,
+                                      f"an action for t={t}")
                 return self.action_for(stamp)
             except TimeoutError:
                 continue
