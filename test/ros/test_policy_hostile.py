@@ -96,16 +96,20 @@ def test_one_stray_stamp_or_a_lagging_camera_keeps_the_history(policy):
 
 
 def test_a_model_that_outputs_nan_gives_error_health_with_the_counters(launch_node, probe, tmp_path):
-    import torch
+    import shutil
 
+    from safetensors.torch import load_file, save_file
+
+    from deer_ros.model.checkpoint.folder import WEIGHTS_FILE
     from deer_ros.paths import demo_calibration, demo_checkpoint
 
-    data = torch.load(str(demo_checkpoint()), map_location="cpu", weights_only=True)
-    for name, tensor in data["model_state_dict"].items():
+    path = tmp_path / "nan_head"
+    shutil.copytree(demo_checkpoint(), path)
+    weights = load_file(str(path / WEIGHTS_FILE))
+    for name, tensor in weights.items():
         if "head" in name and tensor.is_floating_point():
             tensor.fill_(float("nan"))
-    path = tmp_path / "nan_head.pt"
-    torch.save(data, str(path))
+    save_file(weights, str(path / WEIGHTS_FILE))
     launch_node("deer_policy_node", params={"use_sim_time": True, "diagnostics_period_s": 0.2,
                                             "checkpoint": str(path), "calibration": str(demo_calibration())})
     policy = PolicyDriver(probe)
