@@ -19,8 +19,9 @@ Counting rules (`counting`): how the target shares become whole samples per exit
   realised rates within one sample of the targets and makes the cost monotone in r, so a bigger budget never
   runs fewer layers.
 - "floor" (the reference's): floor(N * p_k) per exit with p in float32; the remainder stops at the last exit.
-`skip_first_exit` (the reference's rule for the 9B model): exit 1's share is set to 0 and the others are left
-as they are (not renormalised), so its share goes to the last exit as remainder. `SolverRule` bundles the two;
+`skip_first_exit` (the reference's rule for the 9B model): exit 1's share is set to 0 and the other shares are
+renormalised to sum to 1 before counting, as the reference's set_threshold does (robot_flamingo/models/
+value_net.py: `probs[0] = 0` for mpt_9b, then `probs /= probs.sum()`). `SolverRule` bundles the two;
 `SolverRule.reference(preset)` is the reference's choice for a released model.
 """
 from __future__ import annotations
@@ -139,6 +140,7 @@ def exit_counts(shares: np.ndarray, n_samples: int, rule: SolverRule = OURS) -> 
     shares = np.asarray(shares, dtype=np.float64).copy()
     if rule.skip_first_exit and len(shares) > 1:
         shares[0] = 0.0
+        shares /= shares.sum()
     if rule.counting == "floor":
         counts = np.floor(np.float32(n_samples) * shares.astype(np.float32)).astype(np.int64)
         counts[-1] = 0

@@ -26,10 +26,13 @@ def test_floor_is_taken_in_float32():
     assert exit_counts(np.array([0.58, 0.42]), 100, FLOOR).tolist() == [58, 42]
 
 
-def test_skip_first_exit_sends_its_share_to_the_last_exit():
+def test_skip_first_exit_spreads_its_share_over_the_other_exits():
     rule = SolverRule("floor", skip_first_exit=True)
-    # uniform over 4 exits, N = 8: 0 (forced), 2, 2, remainder 4
-    assert exit_counts(np.full(4, 0.25), 8, rule).tolist() == [0, 2, 2, 4]
+    # uniform over 4 exits, N = 12: exit 1 forced to 0, the rest renormalised to 1/3 each as the reference does
+    # (probs[0] = 0, then probs /= probs.sum()): 4, 4, remainder 4 (without renormalising: 3, 3, 6)
+    assert exit_counts(np.full(4, 0.25), 12, rule).tolist() == [0, 4, 4, 4]
+    # r = 0.5 over 3 exits, N = 30: p = 0, 2/3, 1/3 -> 0, 20, remainder 10
+    assert exit_counts(np.array([4, 2, 1]) / 7, 30, rule).tolist() == [0, 20, 10]
     assert SolverRule.reference("of9b") == rule and SolverRule.reference("of3b") == FLOOR
 
 
