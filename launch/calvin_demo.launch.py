@@ -9,9 +9,10 @@
 Every parameter of both nodes is an argument (empty = the params file's value; `params_file` and
 `bridge_params_file` choose the files). flops_budget is in LLM GFLOPs per action: from the first exit to the
 last, the bundled tiny demo model spends 0.00232 to 0.00696, of3b 2.68 to 16.09 (`deer-ros flops --model
-tiny`, `--model of3b`). A checkpoint without `calibration` uses `<checkpoint stem>_calibration.npz` beside it
-(/models/deer_calibration.npz above). Arguments are checked before any node starts; the launch ends when either
-node exits (exit_when_done:=true ends it after one pass).
+tiny`, `--model of3b`). A checkpoint without `calibration` uses a model folder's own calibration.npz, or for a
+single file `<checkpoint stem>_calibration.npz` beside it (/models/deer_calibration.npz above). Arguments are
+checked before any node starts; the launch ends when either node exits (exit_when_done:=true ends it after one
+pass).
 """
 from launch import LaunchDescription
 
