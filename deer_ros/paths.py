@@ -4,6 +4,9 @@ from __future__ import annotations
 from pathlib import Path
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
+# The files of a model folder that tools without torch also look for (launch files, fingerprints, calibration).
+MODEL_CONFIG_FILE = "config.json"
+MODEL_CALIBRATION_FILE = "calibration.npz"
 
 
 def data_dir() -> Path:
@@ -42,7 +45,7 @@ def demo_checkpoint() -> Path:
 
 def demo_calibration() -> Path:
     """The calibration file of the demo model (inside its folder)."""
-    return demo_checkpoint() / "calibration.npz"
+    return demo_checkpoint() / MODEL_CALIBRATION_FILE
 
 
 def split_folder(dataset: str | Path, split: str) -> Path:

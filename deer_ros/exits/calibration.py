@@ -34,6 +34,7 @@ import numpy as np
 from deer_ros.exits.criteria import CRITERIA, get_criterion
 from deer_ros.exits.solver import OURS, SolverRule
 from deer_ros.model.fingerprint import checkpoint_fingerprint, file_sha256  # noqa: F401 - file_sha256 re-exported
+from deer_ros.paths import MODEL_CALIBRATION_FILE, MODEL_CONFIG_FILE
 
 FORMAT = "deer_ros.calibration/1"
 _VALUES_PREFIX = "values__"
@@ -275,7 +276,7 @@ def calibration_for(checkpoint: str | os.PathLike,
 def _folder_calibration(model: Path) -> Path | None:
     """A model folder's calibration: the one its config.json names, else a calibration.npz put beside it."""
     try:
-        name = json.loads((model / "config.json").read_text()).get("calibration") or "calibration.npz"
+        name = json.loads((model / MODEL_CONFIG_FILE).read_text()).get("calibration") or MODEL_CALIBRATION_FILE
     except (OSError, ValueError):
         return None
     return model / name if (model / name).is_file() else None

@@ -11,9 +11,8 @@ import json
 import os
 from pathlib import Path
 
-# The file names inside a model folder that tools without torch need too (the launch files, the fingerprint).
-FOLDER_CONFIG_FILE = "config.json"
-CALIBRATION_FILE = "calibration.npz"
+from deer_ros.paths import MODEL_CONFIG_FILE
+
 _SAMPLES = 17
 _CHUNK = 1 << 16
 
@@ -31,7 +30,7 @@ def checkpoint_fingerprint(checkpoint: str | os.PathLike) -> str:
     """The fingerprint of a model folder (its recorded weights_sha256) or of a checkpoint file (sampled)."""
     path = Path(checkpoint).expanduser()
     if path.is_dir():
-        config = path / FOLDER_CONFIG_FILE
+        config = path / MODEL_CONFIG_FILE
         try:
             recorded = json.loads(config.read_text()).get("weights_sha256")
         except (OSError, ValueError) as exc:

@@ -15,7 +15,7 @@ from typing import Any, Callable, Mapping
 
 import yaml
 
-from deer_ros.model.fingerprint import CALIBRATION_FILE
+from deer_ros.paths import MODEL_CALIBRATION_FILE
 from deer_ros.ros.params import ParamSpec
 
 _TYPE_NAMES = {bool: "bool (true or false)", int: "integer", float: "number", str: "string",
@@ -137,7 +137,7 @@ def policy_calibration(effective: dict[str, Any], overrides: dict[str, Any]) -> 
         return {}  # the bundled demo model finds its own calibration; an explicit one is the user's choice
     path = Path(checkpoint).expanduser()
     if path.is_dir():
-        beside = path / CALIBRATION_FILE
+        beside = path / MODEL_CALIBRATION_FILE
         if beside.is_file():
             return {}
     else:

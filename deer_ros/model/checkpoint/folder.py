@@ -25,12 +25,12 @@ from deer_ros.model.checkpoint.errors import CheckpointError
 from deer_ros.model.checkpoint.own import load_built, unwrap
 from deer_ros.model.config import BUNDLED_TOKENIZER, DeerConfig
 from deer_ros.model.deer import DeerModel
-from deer_ros.model.fingerprint import (CALIBRATION_FILE, checkpoint_fingerprint,  # noqa: F401 - re-exported
-                                        file_sha256)
+from deer_ros.model.fingerprint import checkpoint_fingerprint, file_sha256  # noqa: F401 - re-exported
+from deer_ros.paths import MODEL_CALIBRATION_FILE as CALIBRATION_FILE
+from deer_ros.paths import MODEL_CONFIG_FILE as CONFIG_FILE
 
 FOLDER_FORMAT = "deer_ros.model"
 FOLDER_VERSION = 1
-CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 TOKENIZER_DIR = "tokenizer"
 # The files a Hugging Face tokenizer folder may hold; only these are copied (a model folder given by mistake
