@@ -128,17 +128,17 @@ def load_frames(split_dir: Path, n: int) -> list[BenchFrame]:
     """`n` frames spread evenly over all annotated segments of a CALVIN split, with their instructions."""
     from deer_ros.bench.timing import BenchFrame
     from deer_ros.calvin.dataset import CalvinSplit
+    from deer_ros.calvin.replay import load_segments
 
-    split = CalvinSplit(split_dir)
-    items = [(seg, index) for seg in split.segments() for index in seg.frames]
+    items = [(seg, i) for seg in load_segments(CalvinSplit(split_dir), in_memory=False) for i in range(len(seg.frames))]
     if not items:
         raise ValueError(f"{split_dir}: no frames to benchmark on")
     picks = sorted({int(round(i)) for i in [k * (len(items) - 1) / max(1, n - 1) for k in range(n)]})
     out = []
     for i in picks:
         seg, index = items[i]
-        frame = split.frame(index, keys=())
-        out.append(BenchFrame(frame.rgb_static, frame.rgb_gripper, seg.instruction or "do the task", seg.index))
+        frame = seg.frames[index]
+        out.append(BenchFrame(frame.static, frame.gripper, seg.instruction, seg.index))
     return out
 
 

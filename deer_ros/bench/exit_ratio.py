@@ -20,13 +20,13 @@ import numpy as np
 def run(checkpoint: str, dataset: str, calibrate_split: str, eval_split: str, ratios: list[float],
         seed: int = 0) -> list[dict]:
     from deer_ros.calvin.dataset import CalvinSplit
+    from deer_ros.calvin.replay import load_segments, open_loop
     from deer_ros.exits.calibration import collect_calibration, split_segments
     from deer_ros.exits.calibration_reference import ReferenceProtocol, collect_reference_calibration
     from deer_ros.exits.controller import ExitController
     from deer_ros.exits.solver import exit_shares, solve_exit_ratio
     from deer_ros.model.factory import load_policy
     from deer_ros.paths import split_folder
-    from deer_ros.train.curve import evaluate, load_segments
 
     policy = load_policy(checkpoint or None, preset=None)
     cal_split = CalvinSplit(split_folder(dataset, calibrate_split))
@@ -41,7 +41,8 @@ def run(checkpoint: str, dataset: str, calibrate_split: str, eval_split: str, ra
     for mode, cal in calibrations.items():
         for r in ratios:
             sol = solve_exit_ratio(cal.criterion_values("action_consistency"), r, rule=cal.solver_rule)
-            metrics = evaluate(policy, segments, ExitController("action_consistency", sol.thresholds))
+            decide = ExitController("action_consistency", sol.thresholds)
+            metrics = open_loop(policy, segments, decide).to_json()["overall"]
             rows.append({"mode": mode, "exit_ratio": r, "calibration_samples": cal.n_samples,
                          "target_layers": float(exit_shares(r, len(layers)) @ layers),
                          "realised_layers": metrics["mean_layers"], "realised_gflops": metrics["mean_gflops"]})

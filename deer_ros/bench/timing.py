@@ -20,18 +20,22 @@ from __future__ import annotations
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass
-from itertools import cycle
+from itertools import cycle, islice
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
+from deer_ros.calvin.replay import ReplayFrame, ReplaySegment, replay
 from deer_ros.exits.calibration import Calibration, collect_calibration
 from deer_ros.exits.controller import ExitBudget, ExitController, FixedExit
 from deer_ros.exits.criteria import DEFAULT_CRITERION
 from deer_ros.exits.solver import NEVER
 from deer_ros.model.policy import DeerPolicy, ExitCandidate, ExitDecider
+
+
+NO_ACTION = np.zeros(7, dtype=np.float32)  # benchmark frames are only stepped on, never scored
 
 
 @dataclass(frozen=True)
@@ -211,28 +215,34 @@ def time_exits(policy: DeerPolicy, frames: Sequence[BenchFrame], steps: int, war
     return rows
 
 
-def calibrate(policy: DeerPolicy, frames: Sequence[BenchFrame]) -> Calibration:
-    """A calibration of `policy` on `frames` (grouped by segment, the history reset per segment)."""
+def bench_segments(frames: Sequence[BenchFrame]) -> list[ReplaySegment]:
+    """The benchmark frames grouped by their segment, in order, as replay input."""
     by_segment: dict[int, list[BenchFrame]] = defaultdict(list)
     for f in frames:
         by_segment[f.segment].append(f)
-    segments = [(seg, group[0].instruction, [(f.static, f.gripper) for f in group])
-                for seg, group in by_segment.items()]
-    return collect_calibration(policy, segments, criteria=[DEFAULT_CRITERION], meta={"purpose": "benchmark"})
+    return [ReplaySegment(seg, group[0].instruction, [ReplayFrame(f.static, f.gripper, NO_ACTION) for f in group])
+            for seg, group in by_segment.items()]
+
+
+def calibrate(policy: DeerPolicy, frames: Sequence[BenchFrame]) -> Calibration:
+    """A calibration of `policy` on `frames` (grouped by segment, the history reset per segment)."""
+    return collect_calibration(policy, bench_segments(frames), criteria=[DEFAULT_CRITERION],
+                               meta={"purpose": "benchmark"})
 
 
 def time_budgets(policy: DeerPolicy, calibration: Calibration, frames: Sequence[BenchFrame],
                  budgets: Sequence[float], steps: int, warmup: int) -> list[dict]:
-    """Latency under each average-GFLOPs budget, through the node's own ExitBudget (solver + tracker)."""
+    """Latency under each average-GFLOPs budget, through the node's own ExitBudget (solver + tracker), the frames
+    replayed segment by segment (history reset at each) for as long as the steps need."""
+    if not frames:
+        raise ValueError("no benchmark frames: the CALVIN split gave none")
+    segments = bench_segments(frames)
     rows = []
     for budget in budgets:
         exit_budget = ExitBudget.create(policy.exits, calibration, {"flops_budget": float(budget)})
-        stream = frame_stream(frames)
-        policy.reset()
         got: dict[str, list[float]] = defaultdict(list)
-        for s in range(warmup + steps):
-            f = next(stream)
-            r = policy.step(f.static, f.gripper, f.instruction, exit_budget.decider)
+        for s, step in enumerate(islice(replay(policy, segments, exit_budget.decider, passes=None), warmup + steps)):
+            r = step.result
             exit_budget.record(r.gflops)
             if s >= warmup:
                 for key in ("llm", "total"):
@@ -251,3 +261,4 @@ def budget_points(exit_gflops: Sequence[float], fractions: Sequence[float] = (0.
     """Budgets spread over the reachable range [exit 1, last exit] of average GFLOPs."""
     lo, hi = float(exit_gflops[0]), float(exit_gflops[-1])
     return [lo + f * (hi - lo) for f in fractions]
+

@@ -47,6 +47,7 @@ def action_metrics(predicted: np.ndarray, recorded: np.ndarray, exit_index: np.n
         rmse, mae = math.sqrt(float(np.mean(e ** 2))), float(np.mean(np.abs(e)))
         out.update({f"{name}_rmse": rmse, f"{name}_mae": mae,
                     f"{name}_rmse_{unit_name}": rmse * unit, f"{name}_mae_{unit_name}": mae * unit})
+    out["pose_rmse"] = math.sqrt(float(np.mean(err ** 2)))  # all 6 pose values, scaled units
     out["gripper_agreement"] = float(np.mean((predicted[:, 6] > 0) == (recorded[:, 6] > 0)))
     out["exit_histogram"] = {str(k): v for k, v in sorted(Counter(exit_index.tolist()).items())}
     out["mean_exit"] = float(np.mean(exit_index))

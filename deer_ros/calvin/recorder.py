@@ -15,23 +15,15 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from deer_ros.calvin.dataset import (EPISODE_IDS_FILE, LANG_FILE, OPTIONAL_KEYS, CalvinDatasetError, CalvinSplit,
                                      Frame, check_array, frame_filename)
+from deer_ros.files import write_atomic
 
 log = logging.getLogger(__name__)
 EPISODE_LENGTHS_FILE = "ep_lens.npy"
-
-
-def _write_atomic(path: Path, write: Callable[[object], None]) -> None:
-    """Write through `write(file)` to a temporary sibling, then rename it to `path` (atomic on POSIX)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        write(f)
-    os.replace(tmp, path)
 
 
 class CalvinRecorder:
@@ -88,7 +80,7 @@ class CalvinRecorder:
             if value is not None:
                 value = check_array(key, np.asarray(value), path, hint="the frame was not written")
                 data[key] = value if key.startswith("rgb_") else value.astype(np.float64)
-        _write_atomic(path, lambda f: np.savez_compressed(f, **data))
+        write_atomic(path, lambda f: np.savez_compressed(f, **data))
         if self._episode_start is None:
             self._episode_start = index
         self._next_index += 1
@@ -124,13 +116,13 @@ class CalvinRecorder:
 
     def _write_index(self) -> None:
         ids = np.array(self.episodes, dtype=np.int64).reshape(-1, 2)
-        _write_atomic(self.path / EPISODE_IDS_FILE, lambda f: np.save(f, ids))
-        _write_atomic(self.path / EPISODE_LENGTHS_FILE, lambda f: np.save(f, ids[:, 1] - ids[:, 0] + 1))
+        write_atomic(self.path / EPISODE_IDS_FILE, lambda f: np.save(f, ids))
+        write_atomic(self.path / EPISODE_LENGTHS_FILE, lambda f: np.save(f, ids[:, 1] - ids[:, 0] + 1))
         if self.annotations:
             ann = {"info": {"episodes": [], "indx": [(s, e) for s, e, _, _ in self.annotations]},
                    "language": {"ann": [a[2] for a in self.annotations], "task": [a[3] for a in self.annotations]}}
             (self.path / LANG_FILE).parent.mkdir(exist_ok=True)
-            _write_atomic(self.path / LANG_FILE, lambda f: np.save(f, np.array(ann, dtype=object), allow_pickle=True))
+            write_atomic(self.path / LANG_FILE, lambda f: np.save(f, np.array(ann, dtype=object), allow_pickle=True))
 
     def close(self, instruction: str = "", task: str = "") -> Path:
         """Finish an open episode (annotated with `instruction` if given) and return the split folder."""

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Sequence
 
 from deer_ros.calvin.protocol import CHAIN_LENGTH, ChainResult, SubtaskResult, compute_means, lh_mtlc_metrics
+from deer_ros.files import write_text_atomic
 
 
 @dataclass
@@ -85,14 +86,8 @@ def write_report(report: dict, path: str | os.PathLike) -> list[Path]:
     """Write the JSON to `path` and the plot next to it (<path>.svg). Each goes to a temporary file first and
     is then renamed, so a reader never sees half a report."""
     path = Path(path).expanduser()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    written = []
-    for target, text in ((path, json.dumps(report, indent=2)), (path.with_suffix(".svg"), plot_svg(report))):
-        tmp = target.with_name(target.name + ".tmp")
-        tmp.write_text(text)
-        tmp.replace(target)
-        written.append(target)
-    return written
+    return [write_text_atomic(target, text)
+            for target, text in ((path, json.dumps(report, indent=2)), (path.with_suffix(".svg"), plot_svg(report)))]
 
 
 def _bars(x0: float, title: str, labels: Sequence[str], series: Sequence[tuple[str, str, Sequence[float]]],

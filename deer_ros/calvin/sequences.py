@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from deer_ros.calvin.protocol import CHAIN_LENGTH, INITIAL_STATE_VALUES, EvalSequence, load_eval_sequences
+from deer_ros.files import write_text_atomic
 
 State = dict[str, Any]
 Rule = tuple[dict[str, Any], dict[str, Any]]  # (condition, effect); a list in a condition means "one of"
@@ -188,11 +189,7 @@ def cache_dir() -> Path:
 def write_sequences(sequences: Sequence[EvalSequence], path: str | os.PathLike) -> Path:
     """Write chains as an eval_sequences.json (CALVIN's layout: a list of [initial_state, [5 task ids]])."""
     path = Path(path).expanduser()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps([[s.initial_state, list(s.tasks)] for s in sequences]))
-    tmp.replace(path)
-    return path
+    return write_text_atomic(path, json.dumps([[s.initial_state, list(s.tasks)] for s in sequences]))
 
 
 def cached_standard_sequences(folder: str | os.PathLike | None = None) -> list[EvalSequence]:

@@ -25,10 +25,12 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
+from deer_ros.calvin.replay import ReplaySegment, open_loop
 from deer_ros.dependencies import require
 from deer_ros.exits.controller import ExitController
 from deer_ros.exits.criteria import DEFAULT_CRITERION
 from deer_ros.exits.solver import ALWAYS, resolve_max_exit
+from deer_ros.files import write_text_atomic
 
 Evaluator = Callable[[np.ndarray], tuple[float, float]]  # thresholds (n_exits,) -> (score, average GFLOPs)
 LOG_FORMAT = "deer_ros.threshold_search/1"
@@ -90,11 +92,9 @@ class _Log:
         self.evaluations.append(evaluation)
         if self.path is None:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(self.path.suffix + ".tmp")
-        tmp.write_text(json.dumps({"format": LOG_FORMAT, **self.settings,
-                                   "evaluations": [e.__dict__ for e in self.evaluations]}, indent=1))
-        os.replace(tmp, self.path)  # atomic: a killed search leaves the previous log intact
+        # atomic: a killed search leaves the previous log intact
+        write_text_atomic(self.path, json.dumps({"format": LOG_FORMAT, **self.settings,
+                                                 "evaluations": [e.__dict__ for e in self.evaluations]}, indent=1))
 
 
 def search_thresholds(evaluator: Evaluator, init_thresholds: Sequence[float], budget: float, n_calls: int = 20,
@@ -147,34 +147,25 @@ def search_thresholds(evaluator: Evaluator, init_thresholds: Sequence[float], bu
     return SearchResult(best, list(log.evaluations))
 
 
-# One recorded segment for offline evaluation: instruction and frames as (static_rgb, gripper_rgb, rel_action).
-RecordedSegment = tuple[str, Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]]]
-
-
 class OfflineEvaluator:
     """Replays recorded segments through a policy under given thresholds: score = -RMSE of the 6-D pose action
     against the recorded rel_actions (scaled units), and the average GFLOPs actually spent.
 
-    The policy's recurrent state is reset at each segment, and each step runs through the same
-    `ExitController` the node uses, so the history follows the exits the thresholds choose.
+    `segments` come from `deer_ros.calvin.replay.load_segments`; the replay resets the recurrent state at each
+    segment, and each step runs through the same `ExitController` the node uses, so the history follows the
+    exits the thresholds choose.
     """
 
-    def __init__(self, policy: Any, segments: Sequence[RecordedSegment], criterion: str = DEFAULT_CRITERION,
+    def __init__(self, policy: Any, segments: Sequence[ReplaySegment], criterion: str = DEFAULT_CRITERION,
                  max_exit: int | None = None) -> None:
-        if not segments or not all(frames for _, frames in segments):
+        if not segments or not all(s.frames for s in segments):
             raise ValueError("the offline evaluator needs at least one recorded segment with frames")
         self.policy, self.segments, self.criterion, self.max_exit = policy, segments, criterion, max_exit
 
     def __call__(self, thresholds: np.ndarray) -> tuple[float, float]:
         controller = ExitController(self.criterion, thresholds, self.max_exit)
-        sq_err, gflops = [], []
-        for instruction, frames in self.segments:
-            self.policy.reset()
-            for static_rgb, gripper_rgb, rel_action in frames:
-                result = self.policy.step(static_rgb, gripper_rgb, instruction, controller)
-                sq_err.append((np.asarray(result.action[:6], np.float64) - np.asarray(rel_action[:6])) ** 2)
-                gflops.append(result.gflops)
-        return -float(np.sqrt(np.mean(sq_err))), float(np.mean(gflops))
+        metrics = open_loop(self.policy, self.segments, controller).to_json()["overall"]
+        return -metrics["pose_rmse"], metrics["mean_gflops"]
 
 
 class _ThresholdPolicy:

@@ -25,12 +25,12 @@ import json
 import os
 import time
 from dataclasses import dataclass, field
-from itertools import islice
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from deer_ros.calvin.replay import ReplaySegment, load_segments, replay
 from deer_ros.exits.criteria import CRITERIA, get_criterion
 from deer_ros.exits.solver import OURS, SolverRule
 from deer_ros.model.fingerprint import checkpoint_fingerprint, file_sha256  # noqa: F401 - file_sha256 re-exported
@@ -38,10 +38,6 @@ from deer_ros.paths import MODEL_CALIBRATION_FILE, MODEL_CONFIG_FILE
 
 FORMAT = "deer_ros.calibration/1"
 _VALUES_PREFIX = "values__"
-
-# One segment to calibrate on: (segment index, instruction, frames as (static_rgb, gripper_rgb) pairs).
-SegmentFrames = tuple[int, str, Iterable[tuple[np.ndarray, np.ndarray]]]
-
 
 class CalibrationError(ValueError):
     """A calibration file that cannot be used; the message says what is wrong and how to fix it."""
@@ -192,15 +188,10 @@ class Calibration:
 
 
 def split_segments(split: Any, select: str | Sequence[int | str] | None = None,
-                   max_frames: int | None = None) -> Iterator[SegmentFrames]:
-    """The annotated segments of a `deer_ros.calvin.dataset.CalvinSplit` as calibration input, frames loaded
-    lazily; `select` picks segments (indices / task ids), `max_frames` caps the frames per segment."""
-    for seg in split.segments(select):
-        if not seg.instruction:
-            raise CalibrationError(f"{split.path}: segment {seg.index} has no instruction (the split has no "
-                                   "language annotations); the policy needs one per segment")
-        frames = split.frames(seg, keys=())  # cameras (and rel_actions) only
-        yield seg.index, seg.instruction, ((f.rgb_static, f.rgb_gripper) for f in islice(frames, max_frames))
+                   max_frames: int | None = None) -> list[ReplaySegment]:
+    """The calibration input of a `CalvinSplit` (or a bag read as one): its annotated segments, `select` picks
+    them (indices / task ids), `max_frames` caps the frames per segment; frames are read as they are replayed."""
+    return load_segments(split, select, max_frames, in_memory=False)
 
 
 class _RecordAll:
@@ -208,36 +199,38 @@ class _RecordAll:
 
     def __init__(self, criteria: Sequence[str]) -> None:
         self.criteria = {name: get_criterion(name) for name in criteria}
-        self.rows: list[list[float]] = []  # per examined exit: one value per criterion
+        self.rows: list[list[float]] = []  # per examined exit of the current step: one value per criterion
 
     def __call__(self, candidate: Any) -> bool:
         self.rows.append([fn(candidate) for fn in self.criteria.values()])
         return False  # the policy still stops at the last allowed exit
 
+    def take(self) -> list[list[float]]:
+        rows, self.rows = self.rows, []
+        return rows
 
-def collect_calibration(policy: Any, segments: Iterable[SegmentFrames], criteria: Sequence[str] | None = None,
+
+def collect_calibration(policy: Any, segments: Iterable[ReplaySegment], criteria: Sequence[str] | None = None,
                         meta: dict[str, Any] | None = None) -> Calibration:
-    """Step `policy` (a DeerPolicy) over `segments`, examining every exit; return the values of `criteria`.
+    """Replay `policy` (a DeerPolicy) over `segments`, examining every exit; return the values of `criteria`.
 
-    `segments` yields (segment index, instruction, frames); the policy is reset at the start of each. `meta`
-    (model, checkpoint, dataset, split, ...) is stored with the values; the frame count and date are added.
+    `segments` come from `split_segments` / `deer_ros.calvin.replay.load_segments`. `meta` (model, checkpoint,
+    dataset, split, ...) is stored with the values; the frame count and date are added.
     """
     names = list(criteria or CRITERIA)
     exits = list(policy.exits)
     columns: list[np.ndarray] = []  # per sample: (n_exits, n_criteria)
     segment_of: list[int] = []
     last_gflops: list[float] = []  # per sample: GFLOPs of the last exit at its actual prompt length
-    for index, instruction, frames in segments:
-        policy.reset()
-        for static_rgb, gripper_rgb in frames:
-            recorder = _RecordAll(names)
-            result = policy.step(static_rgb, gripper_rgb, instruction, recorder)
-            if len(recorder.rows) != len(exits):
-                raise RuntimeError(f"the policy examined {len(recorder.rows)} exits, expected all {len(exits)}: "
-                                   "calibration needs a decider call at every built exit")
-            columns.append(np.asarray(recorder.rows, dtype=np.float64))
-            segment_of.append(int(index))
-            last_gflops.append(float(result.gflops))
+    recorder = _RecordAll(names)
+    for step in replay(policy, segments, recorder):
+        rows = recorder.take()
+        if len(rows) != len(exits):
+            raise RuntimeError(f"the policy examined {len(rows)} exits, expected all {len(exits)}: "
+                               "calibration needs a decider call at every built exit")
+        columns.append(np.asarray(rows, dtype=np.float64))
+        segment_of.append(int(step.segment.index))
+        last_gflops.append(float(step.result.gflops))
     if not columns:
         raise CalibrationError("no frames to calibrate on: the selected segments are empty")
     stacked = np.stack(columns, axis=-1)  # (n_exits, n_criteria, N)

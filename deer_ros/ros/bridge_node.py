@@ -24,7 +24,6 @@ import numpy as np
 import rclpy
 from builtin_interfaces.msg import Time as TimeMsg
 from rclpy.node import Node
-from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import Image
 from std_msgs.msg import String
@@ -38,6 +37,8 @@ from deer_ros.paths import split_folder
 from deer_ros.ros.image import rgb_to_image
 from deer_ros.ros.node_main import run_node
 from deer_ros.ros.params import ParameterError, ParamSpec, check_changes, declare, values
+from deer_ros.ros.qos import LATCHED, STREAM
+from deer_ros.ros.stamps import stamp_ns
 
 NODE_NAME = "calvin_bridge"
 MAX_UNANSWERED = 1000  # free-running: frames kept waiting for a late action
@@ -88,8 +89,6 @@ BRIDGE_PARAMETERS: tuple[ParamSpec, ...] = (
               "always exits (code 1).", read_only=True),
 )
 _SPECS = {spec.name: spec for spec in BRIDGE_PARAMETERS}
-LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
-STREAM = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
 
 
 class PolicyLost(RuntimeError):
@@ -107,10 +106,6 @@ class _FrameBudget(_Interrupted):
 def sim_stamp(frame_counter: int) -> TimeMsg:
     ns = int(round(frame_counter * 1e9 / CALVIN_HZ))
     return TimeMsg(sec=ns // 1_000_000_000, nanosec=ns % 1_000_000_000)
-
-
-def _stamp_key(stamp: TimeMsg) -> int:
-    return stamp.sec * 1_000_000_000 + stamp.nanosec
 
 
 @dataclass
@@ -224,7 +219,7 @@ class CalvinBridgeNode(Node):
 
     # ---------------------------------------------------------------- policy answers
     def _on_action(self, msg: EndEffectorAction) -> None:
-        key = _stamp_key(msg.header.stamp)
+        key = stamp_ns(msg.header.stamp)
         with self._answered:
             pending = self._pending.get(key)
             if pending is None or pending.answer is not None:
@@ -402,7 +397,7 @@ class CalvinBridgeNode(Node):
     def _publish(self, segment: int, static: np.ndarray, gripper: np.ndarray, truth: np.ndarray | None,
                  lockstep: bool = True, score: bool = False) -> tuple[int, TimeMsg]:
         stamp = sim_stamp(self.counter)
-        key = _stamp_key(stamp)
+        key = stamp_ns(stamp)
         with self._answered:
             self._pending[key] = _Pending(segment, truth, lockstep, score, time.monotonic())
             if len(self._pending) > MAX_UNANSWERED:  # free-running faster than the policy: forget the oldest

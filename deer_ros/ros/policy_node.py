@@ -27,7 +27,6 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.clock import Clock, ClockType
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
-from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from rclpy.time import Time
 from sensor_msgs.msg import Image
 from std_msgs.msg import String
@@ -41,6 +40,8 @@ from deer_ros.ros.image import ImageConverter, ImageError, ImageLimits
 from deer_ros.ros.node_main import run_node
 from deer_ros.ros.pairing import GRIPPER, STATIC, Pair, StampPairer
 from deer_ros.ros.params import ParamSpec, check_changes, declare, values
+from deer_ros.ros.qos import LATCHED, SENSOR
+from deer_ros.ros.stamps import stamp_ns
 
 NODE_NAME = "deer_policy"
 BUDGET_PARAMETERS = ("flops_budget", "max_exit", "exit_ratio", "thresholds", "criterion", "budget_tracking")
@@ -88,7 +89,6 @@ POLICY_PARAMETERS: tuple[ParamSpec, ...] = (
 )
 _SPECS = {spec.name: spec for spec in POLICY_PARAMETERS}
 
-LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
 _PROCESSED_MEMORY = 1024  # observations remembered for "one action per observation"
 _SHOWN_CHARS = 200  # instruction text shown in logs and diagnostics
 
@@ -101,14 +101,6 @@ def visible(text: str) -> bool:
 
 def shown(text: str) -> str:
     return text if len(text) <= _SHOWN_CHARS else f"{text[:_SHOWN_CHARS]}... ({len(text)} chars)"
-
-
-def stamp_ns(stamp) -> int | None:
-    """A header stamp in nanoseconds, or None when it is not a valid time (negative, nanosec >= 1e9)."""
-    sec, nanosec = int(stamp.sec), int(stamp.nanosec)
-    if sec < 0 or not 0 <= nanosec < 1_000_000_000:
-        return None
-    return sec * 1_000_000_000 + nanosec
 
 
 def effective_budget(settings: dict, exit_gflops) -> tuple[dict, float | None]:
@@ -181,7 +173,7 @@ class DeerPolicyNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def _load(self) -> None:
-        from deer_ros.model.checkpoint import load_policy  # torch is imported only when a model is loaded
+        from deer_ros.model.factory import load_policy  # torch is imported only when a model is loaded
 
         p = values(self, POLICY_PARAMETERS)
         if p["cpu_threads"]:
@@ -213,9 +205,9 @@ class DeerPolicyNode(LifecycleNode):
         self._action_pub = self.create_lifecycle_publisher(EndEffectorAction, "action", 10)
         self._io = [
             self.create_subscription(Image, "camera/static/image_raw", lambda m: self._on_image(STATIC, m),
-                                     qos_profile_sensor_data),
+                                     SENSOR),
             self.create_subscription(Image, "camera/gripper/image_raw", lambda m: self._on_image(GRIPPER, m),
-                                     qos_profile_sensor_data),
+                                     SENSOR),
             self.create_subscription(String, "instruction", self._on_instruction, LATCHED),
         ]
         self._stop.clear()

@@ -16,16 +16,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-from deer_ros.dependencies import pyplot
 
+from deer_ros.calvin.replay import ReplaySegment, load_segments, open_loop
 from deer_ros.cli_options import add_deprecated_alias
+from deer_ros.dependencies import pyplot
 
 
 @dataclass
@@ -42,42 +42,13 @@ class CurvePoint:
     budget: float | None = None  # requested average GFLOPs (dynamic)
 
 
-@dataclass
-class SegmentData:
-    index: int
-    instruction: str
-    frames: list[tuple[np.ndarray, np.ndarray]]  # (static_rgb, gripper_rgb)
-    actions: np.ndarray  # (T, 7) recorded rel_actions
-
-
-def load_segments(split, select: str = "") -> list[SegmentData]:
-    """The annotated segments of a CalvinSplit with their frames in memory (the curve replays them many times)."""
-    out = []
-    for seg in split.segments(select):
-        if not seg.instruction:
-            raise ValueError(f"{split.path}: segment {seg.index} has no instruction; the curve needs annotations")
-        frames = list(split.frames(seg, keys=()))
-        out.append(SegmentData(seg.index, seg.instruction, [(f.rgb_static, f.rgb_gripper) for f in frames],
-                               np.stack([f.rel_actions for f in frames])))
-    return out
-
-
-def evaluate(policy, segments: Sequence[SegmentData], decide) -> dict[str, Any]:
+def evaluate(policy, segments: Sequence[ReplaySegment], decide) -> dict[str, Any]:
     """Open-loop metrics of `policy` with exit decider `decide` over `segments` (reset at each segment)."""
-    from deer_ros.calvin.evaluation import OpenLoopEvaluator
-
-    ev = OpenLoopEvaluator()
-    for seg in segments:
-        policy.reset()
-        for (static_rgb, gripper_rgb), recorded in zip(seg.frames, seg.actions):
-            r = policy.step(static_rgb, gripper_rgb, seg.instruction, decide)
-            ev.add(seg.index, r.action, recorded, r.exit_index, r.layers, r.gflops)
-    return ev.to_json()["overall"]
+    return open_loop(policy, segments, decide).to_json()["overall"]
 
 
 def _point(kind: str, label: str, m: dict[str, Any], budget: float | None = None) -> CurvePoint:
-    pose = math.sqrt((m["translation_rmse"] ** 2 + m["rotation_rmse"] ** 2) / 2)  # same count of each
-    return CurvePoint(kind, label, m["mean_gflops"], pose, m["translation_rmse"], m["rotation_rmse"],
+    return CurvePoint(kind, label, m["mean_gflops"], m["pose_rmse"], m["translation_rmse"], m["rotation_rmse"],
                       m["gripper_agreement"], m["mean_layers"], m["exit_histogram"], budget)
 
 
@@ -87,7 +58,7 @@ def budgets_between(exit_gflops: np.ndarray, n: int) -> list[float]:
     return [lo + (hi - lo) * (i + 1) / (n + 1) for i in range(n)]
 
 
-def accuracy_compute_curve(policy, segments: Sequence[SegmentData], calibration, n_budgets: int = 8,
+def accuracy_compute_curve(policy, segments: Sequence[ReplaySegment], calibration, n_budgets: int = 8,
                            criterion: str = "action_consistency") -> list[CurvePoint]:
     """Static points (one per exit), then dynamic points (one per budget)."""
     from deer_ros.exits.controller import ExitController, FixedExit
@@ -104,9 +75,9 @@ def accuracy_compute_curve(policy, segments: Sequence[SegmentData], calibration,
     return points
 
 
-def constant_baseline(segments: Sequence[SegmentData]) -> float:
+def constant_baseline(segments: Sequence[ReplaySegment]) -> float:
     """Pose RMSE of the best input-blind constant action: the split's own mean pose (a no-information floor)."""
-    poses = np.concatenate([s.actions[:, :6] for s in segments]).astype(np.float64)  # (N, 6)
+    poses = np.array([f.action[:6] for s in segments for f in s.frames], dtype=np.float64)  # (N, 6)
     return float(np.sqrt(np.mean((poses - poses.mean(axis=0)) ** 2)))
 
 
@@ -186,9 +157,9 @@ def curve_main(argv: list[str] | None = None) -> int:
 
     from deer_ros.calvin.dataset import CalvinDatasetError, CalvinSplit
     from deer_ros.exits.calibration import Calibration, CalibrationError
-    from deer_ros.model.checkpoint import CheckpointError, load_policy
-    from deer_ros.paths import calvin_sample, demo_calibration, demo_checkpoint
-    from deer_ros.train.cli import split_folder
+    from deer_ros.model.checkpoint import CheckpointError
+    from deer_ros.model.factory import load_policy
+    from deer_ros.paths import calvin_sample, demo_calibration, demo_checkpoint, split_folder
 
     if args.cpu_threads:
         torch.set_num_threads(args.cpu_threads)

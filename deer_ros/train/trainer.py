@@ -26,6 +26,7 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import nn
 
+from deer_ros.files import atomic_path
 from deer_ros.model.checkpoint import save_checkpoint
 from deer_ros.model.deer import DeerModel
 from deer_ros.train.data import Batch, WindowDataset
@@ -259,9 +260,8 @@ class Trainer:
 def save_training_checkpoint(trainer: Trainer, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
     """Model weights in our checkpoint format plus the trainer's state under STATE_KEY (written atomically)."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    save_checkpoint(trainer.model, tmp, {STATE_KEY: {**trainer.state_dict(), **(extra or {})}})
-    tmp.replace(path)  # a crash while writing leaves the previous checkpoint intact
+    with atomic_path(path) as tmp:  # a crash while writing leaves the previous checkpoint intact
+        save_checkpoint(trainer.model, tmp, {STATE_KEY: {**trainer.state_dict(), **(extra or {})}})
     return path
 
 

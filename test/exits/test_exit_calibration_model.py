@@ -73,9 +73,11 @@ def test_deciders_drive_the_real_policy(policy, split):
 def test_offline_evaluator_scores_the_pose_error_and_the_compute_actually_spent(policy, split):
     from deer_ros.exits.bayes import OfflineEvaluator
 
-    seg = split.segments()[1]
-    frames = [(f.rgb_static, f.rgb_gripper, f.rel_actions) for f in list(split.frames(seg))[:3]]
-    evaluate = OfflineEvaluator(policy, [(seg.instruction, frames)])
+    from deer_ros.calvin.replay import load_segments
+
+    (seg,) = load_segments(split, [1], max_frames=3)
+    frames = [(f.static, f.gripper, f.action) for f in seg.frames]
+    evaluate = OfflineEvaluator(policy, [seg])
     n = len(policy.exits)
     for thresholds, exit_index in (([1e8] * n, 1), ([-1.0] * n, n)):
         score, gflops = evaluate(np.array(thresholds))

@@ -1,10 +1,10 @@
 """Budget benchmark: requested vs realised LLM GFLOPs, on the calibration split and on a held-out split, with and
 without online budget tracking; the exit distribution per budget as a PNG; solver timings on 100,000 samples.
 
-    python -m deer_ros.exits.bench_budget [--out DIR] [--checkpoint FILE] [--json]
+    python -m deer_ros.bench.budget [--out DIR] [--checkpoint FOLDER | --random-weights] [--json]
 
-The model runs closed loop over the recorded frames exactly as the policy node drives it: one `ExitBudget`
-(decider + tracker) per run, `record()` after every step, the history reset at every annotated segment.
+The model runs closed loop over the recorded frames exactly as the policy node drives it (`deer_ros.calvin.replay`):
+one `ExitBudget` (decider + tracker) per run, `record()` after every step, the history reset at every segment.
 Default data: the bundled CALVIN sample, training = calibration, validation = held out (played `--passes`
 times, so the tracker is judged over more than 200 steps).
 """
@@ -19,67 +19,42 @@ from typing import Any
 
 import numpy as np
 
+from deer_ros.calvin.replay import ReplaySegment, load_segments, replay
 from deer_ros.dependencies import pyplot
 from deer_ros.exits import solver
-from deer_ros.exits.bayes import OfflineEvaluator, RecordedSegment, search_thresholds
+from deer_ros.exits.bayes import OfflineEvaluator, search_thresholds
 from deer_ros.exits.calibration import Calibration, collect_calibration
 from deer_ros.exits.controller import BudgetSettings, ExitBudget
-
-Segment = tuple[int, str, list[tuple[np.ndarray, np.ndarray]]]  # index, instruction, (static, gripper) frames
 BUDGET_FRACTIONS = (0.15, 0.35, 0.5, 0.65, 0.85)  # of the way from the cheapest to the deepest exit
 
 
-def load_policy(model: str, checkpoint: str, seed: int) -> tuple[Any, str]:
-    """The policy to measure and a line saying what it is."""
-    import torch
+def load_policy(model: str, checkpoint: str, random_weights: bool, seed: int) -> tuple[Any, str]:
+    """The policy to measure and a line saying what it is: the checkpoint ('' = the bundled demo model), or with
+    `random_weights` a randomly initialised `model`. A checkpoint that does not exist is an error."""
+    if random_weights:
+        from deer_ros.bench.cli import Target, random_policy
 
-    from deer_ros.paths import demo_checkpoint
+        return random_policy(model, Target("cpu", "fp32"), seed), f"{model}, randomly initialised (seed {seed})"
+    from deer_ros.model.factory import load_policy as load
+    from deer_ros.model.factory import resolve_checkpoint
 
-    path = Path(checkpoint).expanduser() if checkpoint else demo_checkpoint()
-    if checkpoint or path.exists():
-        from deer_ros.model.checkpoint import load_policy as load
-
-        return load(checkpoint=str(path), preset=model), f"{model} from {path}"
-    from deer_ros.model.config import DeerConfig
-    from deer_ros.model.deer import build_model
-    from deer_ros.model.policy import DeerPolicy
-    from deer_ros.model.tokenizer import load_tokenizer
-
-    torch.manual_seed(seed)
-    config = DeerConfig.preset(model)
-    return (DeerPolicy(build_model(config), load_tokenizer(config.tokenizer)),
-            f"{model}, randomly initialised (seed {seed}): no checkpoint at {path}")
+    path = resolve_checkpoint(checkpoint or None, model)
+    return load(checkpoint=path, preset=model), f"{model} from {path}"
 
 
-def load_segments(split_dir: Path) -> list[tuple[int, str, list[Any]]]:
-    """All annotated segments of a split with their frames (deer_ros.calvin Frame) in memory: the runs replay
-    them many times."""
-    from deer_ros.calvin.dataset import CalvinSplit
-
-    split = CalvinSplit(split_dir)
-    return [(s.index, s.instruction, list(split.frames(s, keys=()))) for s in split.segments()]
-
-
-def cameras(segments: list[tuple[int, str, list[Any]]]) -> list[Segment]:
-    return [(i, text, [(f.rgb_static, f.rgb_gripper) for f in frames]) for i, text, frames in segments]
-
-
-def recorded(segments: list[tuple[int, str, list[Any]]], max_frames: int | None = None) -> list[RecordedSegment]:
-    return [(text, [(f.rgb_static, f.rgb_gripper, f.rel_actions) for f in frames[:max_frames]])
-            for _, text, frames in segments]
-
-
-def online_search(policy: Any, calibration: Calibration, calib: list, heldout: list, budget: float,
+def online_search(policy: Any, calibration: Calibration, calib: list[ReplaySegment], heldout: list[ReplaySegment],
+                  budget: float,
                   criterion: str, calls: int, frames_per_segment: int, log: Path) -> dict[str, Any]:
     """DeeR w. online, offline flavour: search thresholds for the pose error on the calibration split's recorded
     actions under `budget`, starting from the solved ones; compare both on the held-out split."""
     start = solver.solve_budget(calibration.criterion_values(criterion), calibration.exit_gflops, budget).thresholds
-    search_on = OfflineEvaluator(policy, recorded(calib, frames_per_segment), criterion)
+    search_on = OfflineEvaluator(policy, [ReplaySegment(s.index, s.instruction, s.frames[:frames_per_segment])
+                                          for s in calib], criterion)
     log.unlink(missing_ok=True)
     t0 = time.perf_counter()
     result = search_thresholds(search_on, start, budget, n_calls=calls, log_path=log)
     seconds = time.perf_counter() - t0
-    check_on = OfflineEvaluator(policy, recorded(heldout), criterion)
+    check_on = OfflineEvaluator(policy, heldout, criterion)
     out = {"budget": budget, "calls": calls, "seconds": seconds, "log": str(log)}
     for name, thresholds in (("solved", start), ("searched", np.array(result.best.thresholds))):
         search_score, search_gflops = search_on(thresholds)
@@ -89,17 +64,13 @@ def online_search(policy: Any, calibration: Calibration, calib: list, heldout: l
     return out
 
 
-def run(policy: Any, segments: list[Segment], budget: ExitBudget, passes: int = 1) -> dict[str, Any]:
+def run(policy: Any, segments: list[ReplaySegment], budget: ExitBudget, passes: int = 1) -> dict[str, Any]:
     """Drive the policy over the segments under `budget`; realised GFLOPs and exits per step."""
     gflops, exits = [], []
-    for _ in range(passes):
-        for _, instruction, frames in segments:
-            policy.reset()
-            for static_rgb, gripper_rgb in frames:
-                result = policy.step(static_rgb, gripper_rgb, instruction, budget.decider)
-                budget.record(result.gflops)
-                gflops.append(float(result.gflops))
-                exits.append(int(result.exit_index))
+    for step in replay(policy, segments, budget.decider, passes):
+        budget.record(step.result.gflops)
+        gflops.append(float(step.result.gflops))
+        exits.append(int(step.result.exit_index))
     return {"gflops": np.array(gflops), "exits": np.array(exits)}
 
 
@@ -168,9 +139,11 @@ def table(rows: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> int:
     from deer_ros.paths import calvin_sample
 
-    p = argparse.ArgumentParser(prog="python -m deer_ros.exits.bench_budget", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m deer_ros.bench.budget", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="tiny")
-    p.add_argument("--checkpoint", default="", help="'' = the bundled demo checkpoint, or a random tiny model")
+    p.add_argument("--checkpoint", default="", help="model folder or checkpoint file ('' = the bundled demo model)")
+    p.add_argument("--random-weights", action="store_true", help="measure a randomly initialised --model instead "
+                   "of a checkpoint (seeded by --seed)")
     p.add_argument("--dataset", default=str(calvin_sample()), help="CALVIN dataset root")
     p.add_argument("--calibration-split", default="training")
     p.add_argument("--heldout-split", default="validation")
@@ -185,11 +158,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
     args = p.parse_args(argv)
 
-    policy, what = load_policy(args.model, args.checkpoint, args.seed)
+    if args.random_weights and args.checkpoint:
+        p.error("--random-weights measures a fresh model: give it or --checkpoint, not both")
+    from deer_ros.calvin.dataset import CalvinDatasetError, CalvinSplit
+    from deer_ros.model.checkpoint import CheckpointError
+
     root = Path(args.dataset).expanduser()
-    calib_frames = load_segments(root / args.calibration_split)
-    heldout_frames = load_segments(root / args.heldout_split)
-    calib_segments, heldout_segments = cameras(calib_frames), cameras(heldout_frames)
+    try:
+        policy, what = load_policy(args.model, args.checkpoint, args.random_weights, args.seed)
+        calib_segments = load_segments(CalvinSplit(root / args.calibration_split))
+        heldout_segments = load_segments(CalvinSplit(root / args.heldout_split))
+    except (CalvinDatasetError, CheckpointError, FileNotFoundError, ValueError) as exc:
+        print(f"{p.prog}: {exc}", file=sys.stderr)
+        return 1
     t0 = time.perf_counter()
     calibration = collect_calibration(policy, calib_segments, [args.criterion],
                                       {"model": args.model, "dataset": str(root), "split": args.calibration_split})
@@ -224,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     plot(rows, len(g), png)
     search = None
     if args.search_calls > 0:
-        search = online_search(policy, calibration, calib_frames, heldout_frames, budgets[len(budgets) // 2],
+        search = online_search(policy, calibration, calib_segments, heldout_segments, budgets[len(budgets) // 2],
                                args.criterion, args.search_calls, args.search_frames, out_dir / "search_log.json")
     results = {"model": what, "criterion": args.criterion, "calibration_frames": calibration.n_samples,
                "calibration_seconds": calibrate_s, "exit_gflops": g.tolist(), "rows": rows,
