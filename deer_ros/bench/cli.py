@@ -253,7 +253,8 @@ def bench_ros(opts: Options, frames: list[BenchFrame]) -> dict:
     with _timed(opts, "ros: bridge lockstep"):
         out["lockstep"] = ros_bench.lockstep(checkpoint, 40 if opts.quick else 300, logs, opts.threads)
     with _timed(opts, "ros: dataset read rate"):
-        from deer_ros.calvin.dataset import CalvinSplit, read_throughput
+        from deer_ros.bench.timing import read_throughput
+        from deer_ros.calvin.dataset import CalvinSplit
 
         out["dataset_read"] = read_throughput(CalvinSplit(opts.dataset / "validation"))
     return out

@@ -21,12 +21,13 @@ import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from itertools import cycle, islice
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
+from deer_ros.calvin.dataset import CalvinSplit
 from deer_ros.calvin.replay import ReplayFrame, ReplaySegment, replay
 from deer_ros.exits.calibration import Calibration, collect_calibration
 from deer_ros.exits.controller import ExitBudget, ExitController, FixedExit
@@ -262,3 +263,16 @@ def budget_points(exit_gflops: Sequence[float], fractions: Sequence[float] = (0.
     lo, hi = float(exit_gflops[0]), float(exit_gflops[-1])
     return [lo + f * (hi - lo) for f in fractions]
 
+
+def read_throughput(split: CalvinSplit, max_frames: int | None = None,
+                    keys: Iterable[str] | None = ()) -> dict[str, float]:
+    """Frames per second of sequential `split.frame` reads over the episodes (what the replay bridge does).
+
+    `keys=()` reads what the bridge needs (both cameras and rel_actions); None reads every key.
+    """
+    indices = [i for start, end in split.episodes for i in range(start, end + 1)][:max_frames]
+    t0 = time.perf_counter()
+    for index in indices:
+        split.frame(index, keys)
+    seconds = time.perf_counter() - t0
+    return {"frames": len(indices), "seconds": seconds, "frames_per_s": len(indices) / seconds}

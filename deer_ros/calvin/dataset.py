@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -293,17 +292,3 @@ def training_windows(segments: Sequence[Segment], window: int) -> list[tuple[Seg
     if window < 1:
         raise ValueError(f"window must be >= 1 frame, got {window}")
     return [(segment, start) for segment in segments for start in range(segment.start, segment.end - window + 2)]
-
-
-def read_throughput(split: CalvinSplit, max_frames: int | None = None,
-                    keys: Iterable[str] | None = ()) -> dict[str, float]:
-    """Frames per second of sequential `split.frame` reads over the episodes (what the replay bridge does).
-
-    `keys=()` reads what the bridge needs (both cameras and rel_actions); None reads every key.
-    """
-    indices = [i for start, end in split.episodes for i in range(start, end + 1)][:max_frames]
-    t0 = time.perf_counter()
-    for index in indices:
-        split.frame(index, keys)
-    seconds = time.perf_counter() - t0
-    return {"frames": len(indices), "seconds": seconds, "frames_per_s": len(indices) / seconds}

@@ -1,5 +1,7 @@
 """deer_ros.exits: exit criteria, calibration files, the threshold solver, exit deciders, budget tracking and the
-online threshold search. ROS-free and torch-free (torch tensors are accepted where the model hands them over).
+online threshold search. ROS-free. Importing it (and every module but one) does not import torch: torch tensors
+are accepted where the model hands them over. The exception is `calibration_reference`, which drives the model's
+layers itself as the reference's protocol does (test/exits/test_exits_torch_free.py keeps the rest so).
 
 What the policy node uses: `ExitBudget` (settings + controller + tracker; `check`/`apply`/`record`/`report`),
 `Calibration.load`, `BudgetError`; what scripts use: `FixedExit`, `ExitController`, `collect_calibration`,

@@ -187,6 +187,18 @@ class Calibration:
             raise CalibrationError(f"{path}: {exc}") from None
 
 
+def calibration_meta(model: str, checkpoint: Path, split: Any = None, select: str = "", device: str = "cpu",
+                     dtype: str = "fp32") -> dict[str, Any]:
+    """What a calibration file records about what produced it: model preset, checkpoint and its fingerprint,
+    segment selection, device and dtype, and (given a split) the dataset and split."""
+    meta = {"model": model, "checkpoint": str(checkpoint.resolve()),
+            "checkpoint_fingerprint": checkpoint_fingerprint(checkpoint), "select": select, "device": device,
+            "dtype": dtype}
+    if split is not None:
+        meta.update(dataset=str(split.path.resolve()), split=split.path.name)
+    return meta
+
+
 def split_segments(split: Any, select: str | Sequence[int | str] | None = None,
                    max_frames: int | None = None) -> list[ReplaySegment]:
     """The calibration input of a `CalvinSplit` (or a bag read as one): its annotated segments, `select` picks

@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 
 from deer_ros.exits.criteria import CRITERIA, DEFAULT_CRITERION
-from deer_ros.model.fingerprint import checkpoint_fingerprint
 from deer_ros.paths import split_folder
 
 
@@ -59,16 +58,14 @@ def calibrate_main(argv: list[str] | None = None) -> int:
         print("deer-ros calibrate: --max-frames must be >= 1", file=sys.stderr)
         return 2
     from deer_ros.calvin.dataset import CalvinDatasetError, CalvinSplit
-    from deer_ros.exits.calibration import CalibrationError, collect_calibration, split_segments
+    from deer_ros.exits.calibration import CalibrationError, calibration_meta, collect_calibration, split_segments
     from deer_ros.model.checkpoint import CheckpointError
     from deer_ros.model.factory import load_policy, resolve_checkpoint  # torch is imported only now
 
     split_name = args.split or ("validation" if args.mode == "reference" else "training")
     try:
         checkpoint = resolve_checkpoint(args.checkpoint or None, args.model)
-        meta = {"model": args.model, "checkpoint": str(checkpoint.resolve()),
-                "checkpoint_fingerprint": checkpoint_fingerprint(checkpoint), "select": args.segments,
-                "device": args.device, "dtype": args.dtype}
+        meta = calibration_meta(args.model, checkpoint, select=args.segments, device=args.device, dtype=args.dtype)
         cached = _cached(checkpoint, args) if args.mode == "reference" and not args.recompute else None
         if cached is not None:
             calibration = cached

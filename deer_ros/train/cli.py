@@ -265,13 +265,14 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         summary["reference_layout"] = str(export_reference_layout(final, args.export_reference, include_vision=True))
     cal = calibration_path(args)
     if cal is not None:
-        from deer_ros.exits.cli import calibrate_main
+        from deer_ros.exits.calibration import calibration_meta, collect_calibration, split_segments
+        from deer_ros.model.factory import load_policy
 
-        code = calibrate_main(["--model", c.name, "--checkpoint", str(out), "--dataset", str(split.path),
-                               "--out", str(cal), "--segments", args.segments])
-        if code != 0:
-            raise RuntimeError(f"calibration failed (exit code {code})")
-        summary["calibration"] = str(cal)
+        # the saved checkpoint, loaded as the node loads it, on the training split's segments
+        meta = {**calibration_meta(c.name, out, split, args.segments), "max_frames_per_segment": None}
+        calibration = collect_calibration(load_policy(checkpoint=out, preset=c.name),
+                                          split_segments(split, args.segments), None, meta)
+        summary["calibration"] = str(calibration.save(cal))
     summary["total_seconds"] = round(time.perf_counter() - t_start, 1)
     return summary
 

@@ -10,7 +10,7 @@ import pytest
 from calvin_helpers import SMALL_EPISODES, write_annotations
 
 from deer_ros.calvin.dataset import (EPISODE_IDS_FILE, LANG_FILE, CalvinDatasetError, CalvinSplit, Segment,
-                                     frame_filename, read_throughput, training_windows)
+                                     frame_filename, training_windows)
 
 
 @pytest.fixture(scope="module")
@@ -117,12 +117,6 @@ def test_training_windows_edge_cases():
     assert training_windows([short], 1) == [(short, i) for i in range(10, 15)]
     with pytest.raises(ValueError, match="window must be >= 1"):
         training_windows([short], 0)
-
-
-def test_read_throughput_counts_frames(small_split):
-    result = read_throughput(CalvinSplit(small_split), max_frames=15)
-    assert result["frames"] == 15
-    assert result["frames_per_s"] == pytest.approx(15 / result["seconds"])
 
 
 # --------------------------------------------------------------------------- broken datasets

@@ -208,7 +208,7 @@ import sys
 import numpy as np
 from builtin_interfaces.msg import Time
 from deer_ros.exits.controller import FixedExit
-from deer_ros.model.checkpoint import load_policy
+from deer_ros.model.factory import load_policy
 from deer_ros.ros.image import ImageConverter, ImageLimits, rgb_to_image
 
 def peak_mb():

@@ -106,6 +106,24 @@ def test_resumed_training_equals_uninterrupted_training(small_dataset, tmp_path)
     assert not any(k.startswith("aux_heads.") for k in a["model_state_dict"])  # inference file: no aux heads
 
 
+def test_calibration_after_training_is_the_one_deer_ros_calibrate_makes(small_dataset, tmp_path):
+    from deer_ros.exits.calibration import Calibration
+    from deer_ros.exits.cli import calibrate_main
+
+    out = tmp_path / "m.pt"
+    assert train_main(["--dataset", str(small_dataset), *SMALL_RUN, "--joint-epochs", "1", "--out", str(out),
+                       "--calibrate"]) == 0
+    made = Calibration.load(tmp_path / "m_calibration.npz")
+    assert calibrate_main(["--checkpoint", str(out), "--dataset", str(small_dataset), "--out",
+                           str(tmp_path / "c.npz")]) == 0
+    again = Calibration.load(tmp_path / "c.npz")
+    assert made.criteria == again.criteria and made.n_samples == again.n_samples > 0
+    for name in made.criteria:
+        assert np.array_equal(made.values[name], again.values[name]), name
+    for key in ("checkpoint", "checkpoint_fingerprint", "dataset", "split", "frames"):
+        assert made.meta[key] == again.meta[key], key
+
+
 def test_cli_refuses_bad_input(small_dataset, tmp_path, capsys):
     assert train_main(["--dataset", str(small_dataset), "--out", str(tmp_path / "x.pt"), "--resume"]) == 1
     assert "no training state" in capsys.readouterr().err
@@ -117,7 +135,7 @@ def test_cli_refuses_bad_input(small_dataset, tmp_path, capsys):
 
 
 def test_exported_reference_layout_loads_back_with_identical_actions(tiny_inputs, sample_training, tmp_path):
-    from deer_ros.model.checkpoint import load_policy
+    from deer_ros.model.factory import load_policy
     from deer_ros.model.tokenizer import load_tokenizer
 
     config = tiny_inputs[0]

@@ -12,8 +12,6 @@ The policy factory (load_policy) is deer_ros.model.factory.
 """
 from __future__ import annotations
 
-from typing import Any
-
 from deer_ros.model.checkpoint.assemble import Assembly, Mapped, assemble, load_state
 from deer_ros.model.checkpoint.errors import CheckpointError
 from deer_ros.model.checkpoint.files import read_file, state_of
@@ -44,13 +42,3 @@ def map_open_clip(state: dict, source: str = "open_clip weights") -> Mapped:
 def map_hf_mpt(state: dict, config, source: str = "HF MPT weights") -> Mapped:
     """MosaicML / llm-foundry MPT weights under our names (the HF_MPT rules)."""
     return apply_layout(HF_MPT, state, config, source)
-
-
-def __getattr__(name: str) -> Any:
-    # load_policy moved to deer_ros.model.factory; old imports keep working (importing it here eagerly would
-    # make the two modules import each other).
-    if name == "load_policy":
-        from deer_ros.model.factory import load_policy
-
-        return load_policy
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
