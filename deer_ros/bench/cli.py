@@ -201,8 +201,6 @@ def bench_target(preset: str, target: Target, opts: Options, frames: list[BenchF
                 gains.prompt_reused(policy, frames, max(steps, 10) if preset == "tiny" else steps, warmup),
                 gains.head_state_kept(policy, max(steps, 20), warmup),
                 gains.early_exit(exits)]
-        if target.device == "cpu" and target.dtype != "int8":
-            rows.append(gains.head_without_onednn(policy, frames, steps, warmup))
     for row, in_step in zip(exits, breakdown["in_step_ratios"]):
         row["in_step_time_ratio"] = in_step["time_ratio_p50"]
         row["in_step_ratio_error"] = in_step["time_ratio_p50"] / row["flops_ratio"] - 1.0
@@ -306,7 +304,10 @@ def _run(opts: Options) -> dict:
     if cuda and not torch.cuda.is_available():
         raise RuntimeError(f"targets {', '.join(t.label for t in cuda)} need CUDA, which this machine lacks; "
                            "drop them from --targets")
-    results: dict = {"host": host_info(opts), "runs": [], "memory": {}, "flops": {}}
+    from deer_ros.bench.report import inputs_digest
+
+    results: dict = {"host": host_info(opts), "inputs_digest": inputs_digest(), "runs": [], "memory": {},
+                     "flops": {}}
     n_frames = 8 if opts.quick else 24
     frames = load_frames(opts.dataset / "validation", n_frames)
     calib_frames = load_frames(opts.dataset / "training", n_frames)

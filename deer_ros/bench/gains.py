@@ -10,15 +10,12 @@ load from other processes falls on both alike:
   head_state_kept   the chosen exit's LSTM state is kept from its decode (after) vs the reference's extra head
                     call on the chosen feature to produce it (before): one head call per step
   int8_llm          CPU only: the LLM's Linear layers in dynamic int8 (after) vs fp32 (before), every layer run
-  head_without_onednn  CPU only, found by this benchmark and not applied in the model yet: the one-step LSTM head
-                    with torch's oneDNN path off (after) vs on (before, torch's default)
   early_exit        DeeR itself, for scale: exit 1 vs the last exit, whole step
 Stage times come from timing.StageTimer (forward hooks), so they are the real step's stages.
 """
 from __future__ import annotations
 
 import time
-import warnings
 from collections import defaultdict
 from typing import Callable, Sequence
 
@@ -118,43 +115,6 @@ def prompt_reused(policy: DeerPolicy, frames: Sequence[BenchFrame], steps: int, 
         after += _stage_times(policy, cached, first, "other", max(1, steps // 2), warmup)
     return measured_gain("prompt_reused", "instruction tokens, ALiBi bias and layer costs reused across steps",
                          "step outside the model's modules (prompt, glue)", before, after)
-
-
-def head_without_onednn(policy: DeerPolicy, frames: Sequence[BenchFrame], steps: int, warmup: int) -> dict:
-    """CPU, found here and not applied yet: the LSTM head with oneDNN (default) vs with it off.
-
-    torch's oneDNN LSTM re-packs its weights at every call, which for a one-step LSTM costs several times the
-    matrix products themselves. Measured on the head stage of real steps run to the last exit; the actions are
-    checked to be the same.
-    """
-    stream = frame_stream(frames)
-    last = FixedExit(policy.exits[-1].index)
-    actions: dict[str, list] = defaultdict(list)
-
-    def step(label: str, f: BenchFrame, decide: ExitDecider) -> None:
-        policy.reset()  # both variants start from the same state, so their actions must agree
-        actions[label].append(policy.step(f.static, f.gripper, f.instruction, decide).action)
-
-    before: list[float] = []
-    after: list[float] = []
-    for i in range(steps):
-        f = next(stream)
-        w = warmup if i == 0 else 0  # warm both variants up once; these steps are whole last-exit steps
-
-        def without_onednn(s: int, decide: ExitDecider, f=f) -> None:
-            with warnings.catch_warnings():
-                # torch warns that oneDNN TF32 is for Intel GPUs when the flags are set: irrelevant here
-                warnings.filterwarnings("ignore", message=".*TF32 acceleration on top of oneDNN.*")
-                with torch.backends.mkldnn.flags(enabled=False):
-                    step("after", f, decide)
-
-        before += _stage_times(policy, lambda s, decide, f=f: step("before", f, decide), last, "head", 1, w)
-        after += _stage_times(policy, without_onednn, last, "head", 1, w)
-    diff = max(float(abs(a - b).max()) for a, b in zip(actions["before"], actions["after"]))
-    row = measured_gain("head_without_onednn", "LSTM head with oneDNN off (CPU; not applied, see notes)",
-                        "head, all calls of a last-exit step", before, after)
-    row["max_action_difference"] = diff
-    return row
 
 
 def head_state_kept(policy: DeerPolicy, steps: int, warmup: int) -> dict:

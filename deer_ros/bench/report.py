@@ -6,16 +6,22 @@ with the plots in docs/bench/).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
-from deer_ros.dependencies import pyplot
 from pathlib import Path
+
+from deer_ros.dependencies import pyplot
 
 TARGET_RATIO_ERROR = 0.10  # LLM time ratio within 10% of the FLOPs ratio (design.md section 4)
 TARGET_OVERHEAD_P50_MS, TARGET_OVERHEAD_P99_MS = 3.0, 10.0
 TARGET_MEMORY_ERROR = 0.10
 TARGET_BRIDGE_PAIRS_S, CALVIN_HZ = 200.0, 30.0
+MEASURING = ("cli.py", "timing.py", "gains.py", "memory.py", "ros_bench.py")  # what inputs_digest covers
+REGENERATE = "deer-ros bench --cpu-threads 1 --out docs/bench --report docs/benchmarks.md"
+PROSE_BEGIN = "<!-- prose: kept by `deer-ros bench` when it rewrites this file; edit freely -->"
+PROSE_END = "<!-- end of prose -->"
 STAGES = ("preprocess", "vision", "perceiver", "llm_layers", "head", "criterion", "other")
 STAGE_LABELS = {"preprocess": "preprocess (resize, normalise)", "vision": "vision encoder, both cameras",
                 "perceiver": "perceiver, both cameras", "llm_layers": "LLM layers (x-attn + block)",
@@ -346,51 +352,48 @@ def ros_section(ros: dict) -> list[str]:
 
 
 def notes(results: dict) -> list[str]:
-    """Findings that follow from the numbers of this run."""
+    """Facts that follow from the numbers of this run (the reading of them is prose in the report's kept part)."""
     out = []
     for run in results["runs"]:
-        if run["preset"] == "tiny" or len(run["exits"]) < 2:
+        if len(run["exits"]) < 2:
             continue
         first, last = run["exits"][0], run["exits"][-1]
-        flops = results["flops"].get(run["preset"])
-        vision_gmacs = "" if not flops else (
-            f" (2 x {flops['vision_per_camera']['gflops']:.0f} GMACs of ViT against "
-            f"{flops['exits'][-1]['gflops']:.1f} for all {last['layers']} LLM layers)")
-        out.append(f"- {_run_label(run)}: the vision encoder takes {_share(run, 'vision'):.0%} of a last-exit step"
-                   f"{vision_gmacs}, so stopping at exit 1 cuts the LLM's GFLOPs by "
-                   f"{1 - first['gflops'] / last['gflops']:.0%} but the whole step by only "
-                   f"{1 - first['total_ms_p50'] / last['total_ms_p50']:.0%}. On this CPU, the LLM is not where most "
-                   "of an action's time goes; the GPU split may differ.")
-    for run in results["runs"]:
-        g = {row["name"]: row for row in run["gains"]}
-        if "head_without_onednn" in g:
-            h = g["head_without_onednn"]
-            speedup = h["before_ms_p50"] / max(h["after_ms_p50"], 1e-9)
-            out.append(f"- {_run_label(run)}: the one-step LSTM head runs {speedup:.1f}x faster with torch's oneDNN "
-                       f"path off ({_f(h['before_ms_p50'], 1)} -> {_f(h['after_ms_p50'], 1)} ms "
-                       f"for the {run['breakdown']['head_calls_per_step']} head calls of a last-exit step; actions "
-                       f"differ by at most {h['max_action_difference']:.1e}). Not applied in deer_ros/model: wrapping "
-                       "the head's LSTM call in `torch.backends.mkldnn.flags(enabled=False)` on the CPU would do it.")
-    if any(r["preset"] == "tiny" for r in results["runs"]):
-        out.append("- tiny: its layers take fractions of a millisecond, so its per-exit LLM times are dominated by "
-                   "per-call Python overhead and scheduling noise; the time-vs-FLOPs target is for the 3B "
-                   "architecture (the within-step ratios of tiny are still close to its FLOPs ratios).")
-    if results.get("ros"):
-        out.append("- Node overhead per action is only known as the sum of two parts, because the node publishes "
-                   "the model's time per action only as percentiles in /diagnostics; p99s are loaded by whatever "
-                   "else runs on the machine (see the load average above).")
-    threads = results["host"]["threads"]
-    out.append(f"- Timed with {threads} torch thread(s). Small models (tiny, and the node in the ROS runs, which get "
-               "the same count through OMP_NUM_THREADS) suffer badly from OpenMP threads spinning on a busy "
-               "machine; on a robot computer shared with other processes, fix the thread count of the policy node.")
+        out.append(f"- {_run_label(run)}: the vision encoder takes {_share(run, 'vision'):.0%} of a last-exit step; "
+                   f"stopping at exit 1 cuts the LLM's GFLOPs by {1 - first['gflops'] / last['gflops']:.0%} and the "
+                   f"whole step by {1 - first['total_ms_p50'] / last['total_ms_p50']:.0%}.")
+    out.append(f"- Timed with {results['host']['threads']} torch thread(s).")
     return out
 
 
-def markdown(results: dict, images: dict[str, Path], report_path: Path) -> str:
+def inputs_digest(root: Path | None = None) -> str:
+    """sha256 (16 hex digits) of the code whose behaviour the report measures: the bench's measuring modules, the
+    replay loop and the model package (not its checkpoint loader). A report whose digest differs is stale."""
+    root = root or Path(__file__).resolve().parents[1]
+    files = sorted([*(root / "bench" / name for name in MEASURING), root / "calvin" / "replay.py",
+                    *(root / "model").glob("*.py")])
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
+def kept_prose(report_path: Path) -> str:
+    """The hand-written part of an existing report (between PROSE_BEGIN and PROSE_END), '' when there is none."""
+    try:
+        text = Path(report_path).read_text()
+    except OSError:
+        return ""
+    start, end = text.find(PROSE_BEGIN), text.find(PROSE_END)
+    return text[start + len(PROSE_BEGIN):end].strip("\n") if 0 <= start < end else ""
+
+
+def markdown(results: dict, images: dict[str, Path], report_path: Path, prose: str = "") -> str:
     h = results["host"]
     load = lambda v: "n/a" if not v else ", ".join(f"{x:.2f}" for x in v)  # noqa: E731
     out = ["# deer_ros benchmarks", "",
-           f"Generated by `{h.get('command') or 'deer-ros bench'}` on {h['date']}. "
+           f"Generated by `{h.get('command') or 'deer-ros bench'}` on {h['date']} from code digest "
+           f"`{results.get('inputs_digest', 'unknown')}` (`deer_ros.bench.report.inputs_digest`; a test fails when "
+           f"the code differs: regenerate with `{REGENERATE}`). "
            f"Host: {h['cores']} CPU cores ({h['cpu']}), "
            f"torch {h['torch']} with {h['threads']} threads, Python {h['python']}, "
            f"GPU: {h['cuda'] or 'none'}. Load average at start / end: {load(h.get('load_average_start'))} / "
@@ -449,26 +452,38 @@ def markdown(results: dict, images: dict[str, Path], report_path: Path) -> str:
     if not any(r["device"].startswith("cuda") for r in results["runs"]):
         out += ["", "GPU rows (fp16/bf16 breakdown, CUDA graphs) are not measured: no GPU on this machine. "
                     "Run `deer-ros bench --targets cpu:fp32,cuda:fp16,cuda:bf16` where one is available."]
-    out += ["", "## Notes", "", *notes(results)]
+    out += ["", "## Notes", "", *notes(results), "", PROSE_BEGIN, prose, PROSE_END]
     out += ["", "## Run times", "", *_table(["section", "seconds"],
                                             [[k, _f(v)] for k, v in results["run_times_s"].items()])]
     return "\n".join(out) + "\n"
 
 
+def image_paths(results: dict, out_dir: Path) -> dict[str, Path]:
+    """Where the plots of `results` go in out_dir, by key."""
+    images = {}
+    for run in results["runs"]:
+        images["breakdown_" + _slug(run)] = out_dir / f"breakdown_{_slug(run)}.png"
+        images["exits_" + _slug(run)] = out_dir / f"exits_{_slug(run)}.png"
+    for preset in results.get("memory", {}):
+        images["memory_" + preset] = out_dir / f"memory_{preset}.png"
+    return images
+
+
 def write_report(results: dict, out_dir: Path, report_path: Path | None = None) -> list[Path]:
-    """Write the PNGs and bench.json to out_dir and the markdown to report_path (default out_dir/benchmarks.md)."""
+    """Write the PNGs and bench.json to out_dir and the markdown to report_path (default out_dir/benchmarks.md),
+    keeping the prose of a report already there."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     report_path = Path(report_path) if report_path else out_dir / "benchmarks.md"
-    images: dict[str, Path] = {}
+    images = image_paths(results, out_dir)
     for run in results["runs"]:
-        images["breakdown_" + _slug(run)] = plot_breakdown(run, out_dir / f"breakdown_{_slug(run)}.png")
-        images["exits_" + _slug(run)] = plot_exits(run, out_dir / f"exits_{_slug(run)}.png")
+        plot_breakdown(run, images["breakdown_" + _slug(run)])
+        plot_exits(run, images["exits_" + _slug(run)])
     for preset, rows in results.get("memory", {}).items():
-        images["memory_" + preset] = plot_memory(preset, rows, out_dir / f"memory_{preset}.png")
+        plot_memory(preset, rows, images["memory_" + preset])
     results["targets"] = evaluate_targets(results)
     json_path = out_dir / "bench.json"
     json_path.write_text(json.dumps(results, indent=2))
     report_path.parent.mkdir(parents=True, exist_ok=True)
-    report_path.write_text(markdown(results, images, report_path))
+    report_path.write_text(markdown(results, images, report_path, kept_prose(report_path)))
     return [report_path, json_path, *images.values()]
