@@ -7,9 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from rcl_interfaces.msg import Parameter as ParameterMsg
-from rcl_interfaces.msg import ParameterType, ParameterValue
-from rcl_interfaces.srv import SetParameters
 
 from deer_ros.msg import EndEffectorAction
 from deer_ros.ros.client import StandInPolicy
@@ -51,12 +48,8 @@ def test_budget_change_mid_run_changes_the_layers_the_bridge_reports(launch_node
     launch_node("calvin_bridge_node", params={"lockstep": True, "loop": True, "segments": "0"})
     client.spin_until(lambda: len(actions) >= 15, 240, "15 actions at max_exit=1")
     assert {a.exit_index for a in actions} == {1}
-    client = client.node.create_client(SetParameters, "/deer_policy/set_parameters")
-    client.spin_until(client.service_is_ready, 20, "the parameter service")
-    value = ParameterValue(type=ParameterType.PARAMETER_INTEGER, integer_value=0)  # all exits, last forced
-    future = client.call_async(SetParameters.Request(parameters=[ParameterMsg(name="max_exit", value=value)]))
-    client.spin_until(future.done, 20, "the parameter reply")
-    assert future.result().results[0].successful, future.result().results[0].reason
+    result = client.set_parameter("max_exit", 0)  # all exits, last forced
+    assert result.successful, result.reason
     n = len(actions)
     client.spin_until(lambda: len(actions) >= n + 15, 240, "15 actions after the change")
     before = np.mean([a.layers for a in actions[:n]])

@@ -4,21 +4,27 @@ processed against the wrong instruction or history, and each frame is answered o
 Design: the bridge announces a segment's instruction and sends the segment's first frame only after the policy
 confirmed on `instruction_active` (InstructionStatus: this text, a higher sequence) that it applied it; the
 policy's worker applies an instruction and the history reset it implies together, between two steps, before it
-takes the next pair. So every frame of a segment is stepped after that segment's reset and with its text. The
-only frames of the previous segment that can still reach the policy after the switch are re-sends, and in
-lockstep the bridge moves on only after the action of its current frame arrived: a late re-send is always of an
-observation already stepped, and the policy drops it by its stamp (one action per observation), so the history
-advances exactly once per observation, in the bridge's order. That makes the handshake plus the stamp memory
-sufficient without tagging observations with their segment (which the standard sensor_msgs/Image cannot carry).
+takes the next pair. So every frame of a segment is stepped after that segment's reset and with its text. The only
+frames of the previous segment that can still reach the policy after the switch are re-sends, and in lockstep the
+bridge moves on only after the action of its current frame arrived: a late re-send is always of an observation
+already stepped, and the policy drops it by its stamp (one action per observation), so the history advances exactly
+once per observation, in the bridge's order. That makes the handshake plus the stamp memory sufficient without
+tagging observations with their segment (which the standard sensor_msgs/Image cannot carry).
 
 The test attacks exactly those two mechanisms: CPU burners take the cores, and the policy process is frozen
-(SIGSTOP/SIGCONT) at random moments for longer than the bridge's re-send interval, so frames are re-sent while
-the policy is busy or stopped and instruction switches are delayed. Proof: every action heard on the wire is
-compared with an in-process reference run of the same DeerPolicy on the same segments (reset + instruction at
-each segment start, the same budget decider fed the same steps), which is deterministic on the CPU with one
-thread: one action per frame, each equal to the reference (exit and layers exactly, values within 1e-6). A frame
-stepped twice, or once against the old instruction or history, changes that frame's action or the budget
-tracker's state and with it later exits. DEER_ROS_LOAD=0 runs the same check without the load (for comparison).
+(SIGSTOP/SIGCONT) at random moments for longer than the bridge's re-send interval, so frames are re-sent while the
+policy is busy or stopped, and right after it answered a segment's last frame, so the next instruction and the
+frames after it meet in its queues. (Why the handshake and not a settle delay: without it, a first frame that
+reaches the node before the new instruction is safe only if the node's executor runs the instruction callback
+before the worker takes the pair, a race between two threads; with it the order is causal. Checked by mutation:
+with the stamp memory disabled this test fails, frames answered twice; with the old 50 ms settle in place of the
+handshake it still passed in one run, the node dropping the early frames as pairs_before_instruction and the bridge
+re-sending them, since the thread race was not lost there.) Proof: every action heard on the wire is compared with
+an in-process reference run of the same DeerPolicy on the same segments (reset + instruction at each segment start,
+the same budget decider fed the same steps), which is deterministic on the CPU with one thread: one action per
+frame, each equal to the reference (exit and layers exactly, values within 1e-6). A frame stepped twice, or once
+against the old instruction or history, changes that frame's action or the budget tracker's state and with it later
+exits. DEER_ROS_LOAD=0 runs the same check without the load (for comparison).
 """
 from __future__ import annotations
 
@@ -28,6 +34,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections import Counter
 from contextlib import ExitStack, contextmanager
 from typing import Iterator
@@ -58,26 +65,32 @@ def cpu_burners(n: int) -> Iterator[None]:
 
 
 @contextmanager
-def stalls(pid: int, seed: int) -> Iterator[list[float]]:
-    """Freeze process `pid` (SIGSTOP) for random spells until the block ends; yields the spells' lengths."""
+def stalls(pid: int, seed: int, heard: list, switches: set) -> Iterator[list[float]]:
+    """Freeze process `pid` (SIGSTOP ... SIGCONT) until the block ends: for random spells at random moments, and
+    as soon as an action in `heard` answers a frame in `switches` (a segment's last frame: the bridge is about
+    to announce the next instruction). Yields the spells' lengths."""
     rng = np.random.default_rng(seed)
     done = threading.Event()
     spells: list[float] = []
 
+    def freeze(spell: float) -> None:
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            spells.append(spell)
+            done.wait(spell)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+
     def run() -> None:
-        while not done.wait(rng.uniform(*BETWEEN_STALLS_S)):
-            spell = float(rng.uniform(*STALL_S))
-            try:
-                os.kill(pid, signal.SIGSTOP)
-                spells.append(spell)
-                done.wait(spell)
-            except ProcessLookupError:
-                return
-            finally:
-                try:
-                    os.kill(pid, signal.SIGCONT)
-                except ProcessLookupError:
-                    return
+        seen, next_stall = 0, time.monotonic() + rng.uniform(*BETWEEN_STALLS_S)
+        try:
+            while not done.wait(0.001):
+                new, seen = heard[seen:], len(heard)
+                if any(stamp_key(a.header.stamp) in switches for a in new) or time.monotonic() > next_stall:
+                    freeze(float(rng.uniform(*STALL_S)))
+                    next_stall = time.monotonic() + rng.uniform(*BETWEEN_STALLS_S)
+        except ProcessLookupError:
+            return  # the policy exited: the test reports why
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
@@ -86,15 +99,12 @@ def stalls(pid: int, seed: int) -> Iterator[list[float]]:
     finally:
         done.set()
         thread.join()
-        try:
-            os.kill(pid, signal.SIGCONT)
-        except ProcessLookupError:
-            pass
 
 
-def reference_run(segments: str) -> dict[tuple[int, int], tuple[np.ndarray, int, int]]:
+def reference_run(segments: str) -> tuple[dict[tuple[int, int], tuple[np.ndarray, int, int]], set]:
     """The bridge's frames (its stamps: frame k of the run at k / 30 s) -> (action, exit, layers) of the same
-    DeerPolicy and budget as deer_policy_node builds them, stepped in process in the bridge's order."""
+    DeerPolicy and budget as deer_policy_node builds them, stepped in process in the bridge's order; and the
+    stamps of each segment's last frame but the run's last."""
     import torch
 
     from deer_ros.calvin.dataset import CalvinSplit
@@ -114,7 +124,7 @@ def reference_run(segments: str) -> dict[tuple[int, int], tuple[np.ndarray, int,
         budget = ExitBudget.create(policy.exits, calibration, {**settings, "flops_budget": 0.0})  # as the node
         budget.apply(settings)
         split = CalvinSplit(split_folder("", "validation"))
-        expected, counter = {}, 0
+        expected, last_frames, counter = {}, set(), 0
         for _, segment in split.select_segments(segments):
             policy.reset()  # the instruction's history reset
             for index in segment.frames:
@@ -125,21 +135,22 @@ def reference_run(segments: str) -> dict[tuple[int, int], tuple[np.ndarray, int,
                 expected[stamp_key(sim_stamp(counter))] = (np.asarray(result.action, dtype=np.float32),
                                                           int(result.exit_index), int(result.layers))
                 counter += 1
-        return expected
+            last_frames.add(stamp_key(sim_stamp(counter - 1)))
+        return expected, last_frames - {stamp_key(sim_stamp(counter - 1))}
     finally:
         torch.set_num_threads(threads)
 
 
 def test_no_frame_meets_the_wrong_instruction_or_history_on_a_loaded_machine(launch_node, client, tmp_path):
     report_path = tmp_path / "evaluation.json"
-    expected = reference_run(SEGMENTS)
+    expected, last_frames = reference_run(SEGMENTS)
     policy = launch_node("deer_policy_node", params={"use_sim_time": True, "diagnostics_period_s": 0.2, **BUDGET})
     client.wait_for_policy()
     with ExitStack() as load:
         spells: list[float] = []
         if LOADED:
             load.enter_context(cpu_burners(os.cpu_count() or 2))
-            spells = load.enter_context(stalls(policy.proc.pid, seed=13))
+            spells = load.enter_context(stalls(policy.proc.pid, 13, client.actions, last_frames))
         bridge = launch_node("calvin_bridge_node", params={
             "lockstep": True, "segments": SEGMENTS, "report_path": str(report_path), "exit_when_done": True,
             "action_timeout_s": 0.1})
