@@ -1,4 +1,5 @@
-"""Shared test fixtures: a ROS domain per test, node executables run as processes, and an in-test probe node.
+"""Shared test fixtures: a ROS domain per test, node executables run as processes, and an in-test client node
+(deer_ros.ros.client.PolicyClient).
 
 This is what launch_pytest does on a full ROS 2 install (see test/launch/ for the same checks written with it):
 start the real executables, wait for their topics, exchange messages over DDS, stop them and check that they
@@ -65,13 +66,13 @@ def ros_domain() -> int:
 
 
 @pytest.fixture
-def probe(ros_domain):
-    """An rclpy node in the test process, in the test's domain (spin_until raises TimeoutError)."""
-    from deer_ros.ros.probe import Probe
+def client(ros_domain):
+    """A PolicyClient (an rclpy node in the test process) in the test's domain; spin_until raises TimeoutError."""
+    from deer_ros.ros.client import PolicyClient
 
-    p = Probe(ros_domain, "test_probe")
-    yield p
-    p.close()
+    c = PolicyClient(ros_domain, "test_client")
+    yield c
+    c.close()
 
 
 @pytest.fixture

@@ -24,17 +24,27 @@ import time
 from collections import defaultdict
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 import numpy as np
 
 from deer_ros.bench.timing import BenchFrame, summarize
-from deer_ros.ros.launcher import NodeProcess, executable, ros_args, ros_env
-from deer_ros.ros.probe import Probe as Listener
+from deer_ros.ros.launcher import NodeProcess, caller_domain, executable, ros_args, ros_env
+
+if TYPE_CHECKING:
+    from deer_ros.ros.client import Heard, PolicyClient
 
 
 def stamp_ns(stamp) -> int:
     return stamp.sec * 1_000_000_000 + stamp.nanosec
+
+
+def first_heard(heard: Heard) -> dict[int, tuple[float, object]]:
+    """Stamp (ns) -> (arrival time, message) of the first message heard with that stamp."""
+    first: dict[int, tuple[float, object]] = {}
+    for t, msg in zip(heard.times, heard):
+        first.setdefault(stamp_ns(msg.header.stamp), (t, msg))
+    return first
 
 
 class Nodes:
@@ -61,16 +71,21 @@ class Nodes:
 
 
 @contextmanager
-def ros_session(log_dir: Path, threads: int = 0) -> Iterator[tuple[Listener, Nodes]]:
-    """A fresh ROS domain with a listener here and a place to start nodes; everything is stopped afterwards."""
-    domain = random.SystemRandom().randint(101, 232)
+def ros_session(log_dir: Path, threads: int = 0) -> Iterator[tuple[PolicyClient, Nodes]]:
+    """A ROS domain with a client here and a place to start nodes; everything is stopped afterwards. The domain
+    is the caller's ROS_DOMAIN_ID when set (it keeps the run off other domains), else a random one of its own."""
+    from deer_ros.ros.client import PolicyClient
+
+    domain = caller_domain()
+    if domain is None:
+        domain = random.SystemRandom().randint(101, 232)
     log_dir.mkdir(parents=True, exist_ok=True)
-    listener, nodes = Listener(domain), Nodes(domain, log_dir, threads)
+    client, nodes = PolicyClient(domain, "deer_ros_bench", sim_time=False), Nodes(domain, log_dir, threads)
     try:
-        yield listener, nodes
+        yield client, nodes
     finally:
         nodes.stop_all()
-        listener.close()
+        client.close()
 
 
 def _tail(proc: NodeProcess) -> str:
@@ -80,66 +95,39 @@ def _tail(proc: NodeProcess) -> str:
 def node_overhead(checkpoint: Path, frames: Sequence[BenchFrame], pairs: int, rate_hz: float,
                   log_dir: Path, threads: int = 0) -> dict:
     """Feed `pairs` image pairs at `rate_hz` to deer_policy_node; latency and overhead of the answers."""
-    from diagnostic_msgs.msg import DiagnosticArray
-    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
-    from sensor_msgs.msg import Image
-    from std_msgs.msg import String
-
-    from deer_ros.msg import EndEffectorAction
     from deer_ros.ros.image import rgb_to_image
 
-    latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
-    with ros_session(log_dir, threads) as (listener, nodes):
-        node = listener.node
+    with ros_session(log_dir, threads) as (client, nodes):
         sent: dict[int, float] = {}  # stamp -> monotonic time the pair was complete here
-        got: dict[int, tuple[float, float, int]] = {}  # stamp -> (e2e ms, latency_ms, layers)
-        diagnostics: dict[str, str] = {}
-
-        def on_action(msg: EndEffectorAction) -> None:
-            now = time.monotonic()
-            key = stamp_ns(msg.header.stamp)
-            if key in sent and key not in got:
-                got[key] = ((now - sent[key]) * 1e3, float(msg.latency_ms), int(msg.layers))
-
-        def on_diagnostics(msg: DiagnosticArray) -> None:
-            for status in msg.status:
-                if "policy" in status.name:
-                    diagnostics.clear()
-                    diagnostics.update({kv.key: kv.value for kv in status.values})
-
-        node.create_subscription(EndEffectorAction, "action", on_action, 10)
-        node.create_subscription(DiagnosticArray, "/diagnostics", on_diagnostics, 10)
-        pub_static = node.create_publisher(Image, "camera/static/image_raw", qos_profile_sensor_data)
-        pub_gripper = node.create_publisher(Image, "camera/gripper/image_raw", qos_profile_sensor_data)
-        pub_instruction = node.create_publisher(String, "instruction", latched)
         policy = nodes.start("deer_policy_node", {"checkpoint": str(checkpoint), "model": "tiny",
                                                   "diagnostics_period_s": 0.5})
-        pub_instruction.publish(String(data=frames[0].instruction))
-        listener.spin_until(lambda: pub_gripper.get_subscription_count() > 0 and node.count_publishers("action") > 0
-                            or not policy.running, 120, "deer_policy_node to start")
+        client.spin_until(lambda: client.policy_ready() or not policy.running, 120, "deer_policy_node to start")
         if not policy.running:
             raise RuntimeError(f"deer_policy_node exited at start:\n{_tail(policy)}")
-        listener.spin_for(1.0)  # let the latched instruction arrive before the first pair
+        client.instruct(frames[0].instruction)  # applied before the first pair
         period = 1.0 / rate_hz
         next_t = time.monotonic()
         for i in range(pairs):
             f = frames[i % len(frames)]
-            while time.monotonic() < next_t:
-                listener.executor.spin_once(timeout_sec=max(0.0, min(0.002, next_t - time.monotonic())))
-            stamp = node.get_clock().now()
-            msg_s = rgb_to_image(f.static, stamp.to_msg(), "calvin_static_camera")
-            msg_g = rgb_to_image(f.gripper, stamp.to_msg(), "calvin_gripper_camera")
-            pub_static.publish(msg_s)
-            sent[stamp.nanoseconds] = time.monotonic()  # the pair is complete once the second image goes out
-            pub_gripper.publish(msg_g)
+            client.spin_for(next_t - time.monotonic())
+            stamp = client.node.get_clock().now().to_msg()
+            static = rgb_to_image(f.static, stamp, "calvin_static_camera")
+            gripper = rgb_to_image(f.gripper, stamp, "calvin_gripper_camera")
+            sent[stamp_ns(stamp)] = time.monotonic()  # the pair goes out now, converted beforehand
+            client.send_observation(stamp, static=static, gripper=gripper)
             next_t += period
         try:
-            listener.spin_until(lambda: len(got) >= pairs, 30, "the last actions")
+            client.spin_until(lambda: len(first_heard(client.actions).keys() & sent.keys()) >= pairs, 30,
+                              "the last actions")
         except TimeoutError:
             pass  # pairs the node dropped (newest-only policy) are reported below, not an error
-        listener.spin_for(1.2)  # one more diagnostics message with every action counted
+        client.spin_for(1.2)  # one more diagnostics message with every action counted
         if not policy.running:
             raise RuntimeError(f"deer_policy_node died during the benchmark:\n{_tail(policy)}")
+        diagnostics = client.counts("policy")
+        # stamp -> (e2e ms, latency_ms, layers)
+        got = {k: ((t - sent[k]) * 1e3, float(a.latency_ms), int(a.layers))
+               for k, (t, a) in first_heard(client.actions).items() if k in sent}
     if not got:
         raise RuntimeError(f"deer_policy_node answered none of {pairs} pairs; log in {log_dir}")
     e2e = np.array([v[0] for v in got.values()])
@@ -160,14 +148,13 @@ def node_overhead(checkpoint: Path, frames: Sequence[BenchFrame], pairs: int, ra
 
 def bridge_throughput(frames: int, log_dir: Path, rate_hz: float = 10000.0) -> dict:
     """calvin_bridge_node free-running into a subscriber here: complete image pairs received per second."""
-    from rclpy.qos import QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import Image
 
     from deer_ros.msg import EndEffectorAction
+    from deer_ros.ros.client import STREAM
 
-    stream = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)  # the bridge's own QoS
     report = log_dir / "bridge_free_running.json"
-    with ros_session(log_dir) as (listener, nodes):
+    with ros_session(log_dir) as (client, nodes):
         seen: dict[int, set] = defaultdict(set)
         complete: list[float] = []
 
@@ -179,15 +166,16 @@ def bridge_throughput(frames: int, log_dir: Path, rate_hz: float = 10000.0) -> d
                     complete.append(time.monotonic())
             return callback
 
-        listener.node.create_subscription(Image, "camera/static/image_raw", on_image("static"), stream)
-        listener.node.create_subscription(Image, "camera/gripper/image_raw", on_image("gripper"), stream)
+        # Only the stamps are kept (client.collect would hold every image of the run in memory).
+        client.node.create_subscription(Image, "camera/static/image_raw", on_image("static"), STREAM)
+        client.node.create_subscription(Image, "camera/gripper/image_raw", on_image("gripper"), STREAM)
         # The bridge starts once a policy is there (an `action` publisher); this one stands in for it, silent.
-        listener.node.create_publisher(EndEffectorAction, "action", stream)
+        client.publisher(EndEffectorAction, "action")
         bridge = nodes.start("calvin_bridge_node", {"lockstep": False, "rate_hz": rate_hz, "loop": True,
                                                     "max_frames": frames, "report_path": str(report),
                                                     "exit_when_done": True, "instruction_settle_s": 0.0})
-        listener.spin_until(lambda: not bridge.running, 300, "calvin_bridge_node to play its frames")
-        listener.spin_for(0.5)
+        client.spin_until(lambda: not bridge.running, 300, "calvin_bridge_node to play its frames")
+        client.spin_for(0.5)
         code = bridge.proc.returncode
     if code != 0 or not report.exists():
         raise RuntimeError(f"calvin_bridge_node exited with {code}:\n{_tail(bridge)}")
@@ -202,24 +190,17 @@ def bridge_throughput(frames: int, log_dir: Path, rate_hz: float = 10000.0) -> d
 
 def lockstep(checkpoint: Path, frames: int, log_dir: Path, threads: int = 0) -> dict:
     """calvin_bridge_node in lockstep with deer_policy_node: frames sent, actions, losses, achieved rate."""
-    from deer_ros.msg import EndEffectorAction
-
     report = log_dir / "bridge_lockstep.json"
-    with ros_session(log_dir, threads) as (listener, nodes):
-        actions: dict[int, float] = {}
-
-        def on_action(msg: EndEffectorAction) -> None:
-            actions.setdefault(stamp_ns(msg.header.stamp), time.monotonic())
-
-        listener.node.create_subscription(EndEffectorAction, "action", on_action, 10)
+    with ros_session(log_dir, threads) as (client, nodes):
         policy = nodes.start("deer_policy_node", {"checkpoint": str(checkpoint), "model": "tiny",
                                                   "use_sim_time": True})
         bridge = nodes.start("calvin_bridge_node", {"lockstep": True, "loop": True, "max_frames": frames,
                                                     "report_path": str(report), "exit_when_done": True})
-        listener.spin_until(lambda: not bridge.running or not policy.running, 600,
-                            "calvin_bridge_node to finish in lockstep")
-        listener.spin_for(0.5)
+        client.spin_until(lambda: not bridge.running or not policy.running, 600,
+                          "calvin_bridge_node to finish in lockstep")
+        client.spin_for(0.5)
         code = bridge.proc.returncode
+        actions = {k: t for k, (t, _) in first_heard(client.actions).items()}
     if code != 0 or not report.exists():
         raise RuntimeError(f"calvin_bridge_node exited with {code}:\n{_tail(bridge)}\n{_tail(policy)}")
     summary = json.loads(report.read_text())

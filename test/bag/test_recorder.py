@@ -12,7 +12,6 @@ import pytest
 
 pytest.importorskip("rosbags", reason="needs the bag extra: pip install 'deer_ros[bag]'")
 
-from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from rosbags.rosbag2 import Reader
 from sensor_msgs.msg import Image
 from std_msgs.msg import String
@@ -20,12 +19,10 @@ from std_msgs.msg import String
 from deer_ros.bag.reader import BagError, BagSplit
 from deer_ros.bag.repair import repair_bag
 from deer_ros.msg import EndEffectorAction
-from deer_ros.ros.image import rgb_to_image
 from deer_ros.ros.launcher import NodeProcess, ros_env
 
 pytestmark = pytest.mark.ros
 FRAMES = 12
-LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
 
 @pytest.fixture
@@ -44,28 +41,24 @@ def start_recorder(ros_domain, tmp_path):
             proc.stop(signal.SIGKILL)
 
 
-def _publish_run(probe, recorder_subscribed) -> list[np.ndarray]:
+def _publish_run(client, recorder_subscribed) -> list[np.ndarray]:
     """The instruction (latched, published before the recorder may be listening), then FRAMES frames."""
-    node = probe.node
-    pubs = {"static": node.create_publisher(Image, "camera/static/image_raw", 10),
-            "gripper": node.create_publisher(Image, "camera/gripper/image_raw", 10),
-            "action": node.create_publisher(EndEffectorAction, "expert_action", 10)}
-    pubs["instruction"] = node.create_publisher(String, "instruction", LATCHED)
-    pubs["instruction"].publish(String(data="open the drawer"))
-    probe.spin_until(lambda: all(recorder_subscribed(p) for p in pubs.values()), 30, "the recorder's subscriptions")
-    probe.spin_for(0.5)  # the latched instruction reaches the late-joining recorder before the first frame
+    client.sim_time = False  # stamps from the node clock, no /clock
+    client.publish_instruction("open the drawer")
+    pubs = [client.publisher(Image, "camera/static/image_raw"), client.publisher(Image, "camera/gripper/image_raw"),
+            client.publisher(EndEffectorAction, "expert_action"), client.publisher(String, "instruction")]
+    client.spin_until(lambda: all(recorder_subscribed(p) for p in pubs), 30, "the recorder's subscriptions")
+    client.spin_for(0.5)  # the latched instruction reaches the late-joining recorder before the first frame
     images = []
     for i in range(FRAMES):
         rgb = np.full((6, 8, 3), i, dtype=np.uint8)
-        stamp = node.get_clock().now().to_msg()
+        stamp = client.send_observation(client.node.get_clock().now().to_msg(), static=rgb, gripper=rgb[:4, :4])
         action = EndEffectorAction()
         action.header.stamp = stamp
         action.translation = [0.1 * i, 0.0, 0.0]
-        pubs["static"].publish(rgb_to_image(rgb, stamp, "static"))
-        pubs["gripper"].publish(rgb_to_image(rgb[:4, :4], stamp, "gripper"))
-        pubs["action"].publish(action)
+        client.publisher(EndEffectorAction, "expert_action").publish(action)
         images.append(rgb)
-        probe.spin_for(0.02)
+        client.spin_for(0.02)
     return images
 
 
@@ -81,11 +74,11 @@ def _recovered_frames(bag: Path) -> int:
             return 0
 
 
-def test_a_stopped_recording_is_a_complete_bag(probe, start_recorder, tmp_path):
+def test_a_stopped_recording_is_a_complete_bag(client, start_recorder, tmp_path):
     bag = tmp_path / "run"
     recorder = start_recorder(bag)
-    images = _publish_run(probe, _subscribed)
-    probe.spin_for(1.0)  # the recorder is another process: let the last frames arrive
+    images = _publish_run(client, _subscribed)
+    client.spin_for(1.0)  # the recorder is another process: let the last frames arrive
     assert recorder.stop(signal.SIGINT) == 0, recorder.output()
 
     with Reader(bag) as reader:  # rosbags' own reader: metadata.yaml is complete
@@ -102,12 +95,12 @@ def test_a_stopped_recording_is_a_complete_bag(probe, start_recorder, tmp_path):
     assert [float(f.rel_actions[0]) for f in split.frames(segment)] == pytest.approx([0.1 * i for i in range(FRAMES)])
 
 
-def test_a_killed_recording_is_repaired_into_a_bag_without_losing_flushed_messages(probe, start_recorder, tmp_path):
+def test_a_killed_recording_is_repaired_into_a_bag_without_losing_flushed_messages(client, start_recorder, tmp_path):
     bag = tmp_path / "run"
     recorder = start_recorder(bag)
-    images = _publish_run(probe, _subscribed)
+    images = _publish_run(client, _subscribed)
     # The recorder flushes once a second; wait until everything published is on disk, then kill it.
-    probe.spin_until(lambda: _recovered_frames(bag) == FRAMES, 30, "all frames flushed to the bag file")
+    client.spin_until(lambda: _recovered_frames(bag) == FRAMES, 30, "all frames flushed to the bag file")
     assert recorder.stop(signal.SIGKILL) == -signal.SIGKILL
 
     assert not (bag / "metadata.yaml").exists()

@@ -1,4 +1,4 @@
-"""The bridge's sim mode as a real rclpy node in this process, driven by a probe policy over DDS, with the
+"""The bridge's sim mode as a real rclpy node in this process, driven by a stand-in policy over DDS, with the
 FAKE simulator of fake_calvin_env.py in place of calvin_env (which CI cannot install; test_calvin_real_env.py
 runs the same paths against the real one). Checks the fault handling and the report, not CALVIN's physics."""
 from __future__ import annotations
@@ -66,14 +66,14 @@ def _report(node) -> dict:
     return json.loads(open(node.get_parameter("report_path").value).read())
 
 
-def test_a_nan_mid_chain_fails_that_chain_and_the_evaluation_goes_on(sim_bridge, probe, tmp_path):
-    from deer_ros.ros.policy_probe import ProbePolicy
+def test_a_nan_mid_chain_fails_that_chain_and_the_evaluation_goes_on(sim_bridge, client, tmp_path):
+    from deer_ros.ros.client import StandInPolicy
 
     nan = FORWARD.copy()
     nan[1] = np.nan
-    ProbePolicy(probe, status_delay_s=0.0, answer=lambda n: nan if n == 7 else FORWARD)
+    StandInPolicy(client, status_delay_s=0.0, answer=lambda n: nan if n == 7 else FORWARD)
     node = sim_bridge()
-    probe.spin_until(node.done.is_set, 120, "the evaluation to end")
+    client.spin_until(node.done.is_set, 120, "the evaluation to end")
     report = _report(node)
     assert report["partial"] is False and node.failed is None
     first, second = report["chains"]
@@ -90,12 +90,12 @@ def test_a_nan_mid_chain_fails_that_chain_and_the_evaluation_goes_on(sim_bridge,
     assert "average length 3.00" in plot and "complete" in plot and plot.count("<rect") > 5
 
 
-def test_stopping_mid_chain_writes_a_partial_report_of_what_ran(sim_bridge, probe):
-    from deer_ros.ros.policy_probe import ProbePolicy
+def test_stopping_mid_chain_writes_a_partial_report_of_what_ran(sim_bridge, client):
+    from deer_ros.ros.client import StandInPolicy
 
-    policy = ProbePolicy(probe, status_delay_s=0.0, answer=lambda n: FORWARD)
+    policy = StandInPolicy(client, status_delay_s=0.0, answer=lambda n: FORWARD)
     node = sim_bridge()
-    probe.spin_until(lambda: len(policy.answered) >= 28, 120, "the first chain and a bit of the second")
+    client.spin_until(lambda: len(policy.answered) >= 28, 120, "the first chain and a bit of the second")
     node.stop()  # what SIGINT does first: stop the player, which writes what it has
     report = _report(node)
     assert report["partial"] is True and "interrupted" in report["reason"]
@@ -108,31 +108,31 @@ def test_stopping_mid_chain_writes_a_partial_report_of_what_ran(sim_bridge, prob
     assert env.closed and node.sim.env is None
 
 
-def test_max_frames_in_sim_ends_the_run_with_a_partial_report(sim_bridge, probe):
-    from deer_ros.ros.policy_probe import ProbePolicy
+def test_max_frames_in_sim_ends_the_run_with_a_partial_report(sim_bridge, client):
+    from deer_ros.ros.client import StandInPolicy
 
-    ProbePolicy(probe, status_delay_s=0.0, answer=lambda n: FORWARD)
+    StandInPolicy(client, status_delay_s=0.0, answer=lambda n: FORWARD)
     node = sim_bridge(max_frames=12)
-    probe.spin_until(node.done.is_set, 120, "the evaluation to end")
+    client.spin_until(node.done.is_set, 120, "the evaluation to end")
     report = _report(node)
     assert report["partial"] is True and "max_frames reached (12 frames)" in report["reason"]
     assert report["bridge"]["frames_sent"] == 12
     assert [s["success"] for s in report["chains"][0]["subtasks"]] == [True, True]
 
 
-def test_without_eval_sequences_the_standard_chains_are_used(sim_bridge, probe, tmp_path, monkeypatch):
+def test_without_eval_sequences_the_standard_chains_are_used(sim_bridge, client, tmp_path, monkeypatch):
     from deer_ros.calvin.protocol import EvalSequence
     from deer_ros.calvin.sequences import STANDARD_COUNT, write_sequences
-    from deer_ros.ros.policy_probe import ProbePolicy
+    from deer_ros.ros.client import StandInPolicy
 
     # A cache of the standard set, as a first run leaves it (generating it here would take a minute).
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     other = ("turn_on_led", "open_drawer", "rotate_red_block_left", "move_slider_left", "lift_red_block_table")
     write_sequences([EvalSequence(STATE, other)] + [EvalSequence(STATE, tuple(CHAIN))] * (STANDARD_COUNT - 1),
                     tmp_path / "cache" / "deer_ros" / f"calvin_eval_sequences_{STANDARD_COUNT}.json")
-    ProbePolicy(probe, status_delay_s=0.0, answer=lambda n: FORWARD)
+    StandInPolicy(client, status_delay_s=0.0, answer=lambda n: FORWARD)
     node = sim_bridge(eval_sequences="", num_chains=1)
-    probe.spin_until(node.done.is_set, 120, "the evaluation to end")
+    client.spin_until(node.done.is_set, 120, "the evaluation to end")
     report = _report(node)
     assert [c["tasks"] for c in report["chains"]] == [list(other)]
     assert report["settings"]["eval_sequences"] == "CALVIN's standard 1000, generated"

@@ -94,15 +94,15 @@ def test_the_sample_episodes_replayed_in_the_simulator_solve_their_tasks(sim):
 
 
 @pytest.mark.ros
-def test_recorded_episodes_replayed_through_the_bridge_succeed(launch_node, probe, tmp_path):
-    """sim_start episodes: each episode's first state and task; the probe answers with the recorded action."""
-    from deer_ros.ros.policy_probe import ProbePolicy
+def test_recorded_episodes_replayed_through_the_bridge_succeed(launch_node, client, tmp_path):
+    """sim_start episodes: each episode's first state and task; the client answers with the recorded action."""
+    from deer_ros.ros.client import StandInPolicy
 
-    ProbePolicy(probe, status_delay_s=0.0, replay_expert=True)
+    StandInPolicy(client, status_delay_s=0.0, replay_expert=True)
     report_path = tmp_path / "episodes.json"
     bridge = launch_node("calvin_bridge_node", params={"mode": "sim", "sim_start": "episodes",
                                                         "report_path": str(report_path), "exit_when_done": True})
-    probe.spin_until(lambda: not bridge.running, 600, "the episodes to finish")
+    client.spin_until(lambda: not bridge.running, 600, "the episodes to finish")
     assert bridge.wait(timeout=5) == 0, bridge.output()[-3000:]
     report = json.loads(report_path.read_text())
     assert report["partial"] is False
@@ -111,14 +111,14 @@ def test_recorded_episodes_replayed_through_the_bridge_succeed(launch_node, prob
 
 
 @pytest.mark.ros
-def test_a_short_chain_with_the_demo_model_writes_a_complete_report(launch_node, probe, tmp_path):
+def test_a_short_chain_with_the_demo_model_writes_a_complete_report(launch_node, client, tmp_path):
     sequences = tmp_path / "one_chain.json"
     sequences.write_text(json.dumps([[STATE, CHAIN]]))
     report_path = tmp_path / "chain.json"
     launch_node("deer_policy_node", params={"use_sim_time": True})
     bridge = launch_node("calvin_bridge_node", params={"mode": "sim", "eval_sequences": str(sequences),
                                                         "report_path": str(report_path), "exit_when_done": True})
-    probe.spin_until(lambda: not bridge.running, 900, "the chain to finish")
+    client.spin_until(lambda: not bridge.running, 900, "the chain to finish")
     assert bridge.wait(timeout=5) == 0, bridge.output()[-3000:]
     report = json.loads(report_path.read_text())
     assert report["partial"] is False and report["lh_mtlc"]["chains"] == 1
@@ -132,18 +132,18 @@ def test_a_short_chain_with_the_demo_model_writes_a_complete_report(launch_node,
 
 
 @pytest.mark.ros
-def test_a_nan_mid_chain_then_sigint_gives_a_report_complete_as_far_as_it_went(launch_node, probe, tmp_path):
-    from deer_ros.ros.policy_probe import ProbePolicy
+def test_a_nan_mid_chain_then_sigint_gives_a_report_complete_as_far_as_it_went(launch_node, client, tmp_path):
+    from deer_ros.ros.client import StandInPolicy
 
     sequences = tmp_path / "two_chains.json"
     sequences.write_text(json.dumps([[STATE, CHAIN]] * 2))
     report_path = tmp_path / "partial.json"
     hold = np.array([0, 0, 0, 0, 0, 0, 1.0])
-    policy = ProbePolicy(probe, status_delay_s=0.0,
-                         answer=lambda n: np.full(7, np.nan) if n == 10 else hold)
+    policy = StandInPolicy(client, status_delay_s=0.0,
+                           answer=lambda n: np.full(7, np.nan) if n == 10 else hold)
     bridge = launch_node("calvin_bridge_node", params={"mode": "sim", "eval_sequences": str(sequences),
                                                         "report_path": str(report_path)})
-    probe.spin_until(lambda: len(policy.answered) >= 25, 300, "the NaN and a few steps of the next chain")
+    client.spin_until(lambda: len(policy.answered) >= 25, 300, "the NaN and a few steps of the next chain")
     assert bridge.stop(signal.SIGINT) == 0
     report = json.loads(report_path.read_text())
     assert report["partial"] is True and "interrupted" in report["reason"]

@@ -92,11 +92,11 @@ def endless(started, ros_domain):
 
 
 @pytest.mark.launch(fixture=endless)
-def test_a_node_that_dies_takes_the_launch_down_with_it(started, probe):
+def test_a_node_that_dies_takes_the_launch_down_with_it(started, client):
     from deer_ros.msg import EndEffectorAction
 
-    actions = probe.collect(EndEffectorAction, "action")
-    probe.spin_until(lambda: len(actions) >= 3, 300, "the policy to answer the bridge")  # both nodes are up
+    actions = client.collect(EndEffectorAction, "action")
+    client.spin_until(lambda: len(actions) >= 3, 300, "the policy to answer the bridge")  # both nodes are up
     nodes = _by_executable(started)
     os.kill(nodes["deer_policy_node"].process_details["pid"], signal.SIGKILL)  # a crash, not a clean exit
     _wait(lambda: _all_exited(started), 60, "the bridge to be stopped after the policy died")

@@ -6,7 +6,8 @@ import shutil
 
 import pytest
 from diagnostic_msgs.msg import DiagnosticStatus
-from policy_driver import PolicyDriver, kv
+
+from deer_ros.ros.client import diagnostic_values as kv
 
 pytestmark = pytest.mark.ros
 
@@ -33,7 +34,7 @@ def _retrained_copy_of_the_demo_model(tmp_path):
 
 
 @pytest.mark.parametrize("checkpoint", ["another", "its own"])
-def test_a_calibration_for_another_checkpoint_is_reported_and_the_node_still_acts(launch_node, probe, tmp_path,
+def test_a_calibration_for_another_checkpoint_is_reported_and_the_node_still_acts(launch_node, client, tmp_path,
                                                                                  checkpoint):
     from deer_ros.paths import demo_calibration, demo_checkpoint
 
@@ -41,7 +42,8 @@ def test_a_calibration_for_another_checkpoint_is_reported_and_the_node_still_act
     proc = launch_node("deer_policy_node", params={"use_sim_time": True, "diagnostics_period_s": 0.2,
                                                    "checkpoint": str(model), "calibration": str(demo_calibration()),
                                                    "flops_budget": 0.004})
-    policy = PolicyDriver(probe)
+    policy = client
+    policy.wait_for_policy()
     policy.instruct("open the drawer")
     assert policy.act(1.0).flops_budget == pytest.approx(0.004)  # the budget is solved and used either way
     if checkpoint == "another":

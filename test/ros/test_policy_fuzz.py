@@ -16,14 +16,12 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
-from policy_driver import PolicyDriver, assert_sane, exit_layers, key, parameter_value, sim_time
+from policy_checks import assert_sane, exit_layers
 from rcl_interfaces.msg import Parameter as ParameterMsg
 from rcl_interfaces.msg import ParameterType, ParameterValue
-from rcl_interfaces.srv import SetParameters
 from sensor_msgs.msg import Image
-from std_msgs.msg import String
-from std_srvs.srv import Trigger
 
+from deer_ros.ros.client import PolicyClient, parameter_value, sim_time, stamp_key
 
 pytestmark = pytest.mark.ros
 CASES = int(os.environ.get("DEER_ROS_FUZZ_CASES", "300"))
@@ -101,7 +99,7 @@ cases = st.one_of(st.tuples(st.just("image"), images()), st.tuples(st.just("inst
 class Campaign:
     """The node under fuzz, what was sent, and the running counts."""
 
-    def __init__(self, policy: PolicyDriver):
+    def __init__(self, policy: PolicyClient):
         self.policy = policy
         self.exits = exit_layers(policy.proc.output())
         self.counts: Counter = Counter()
@@ -114,7 +112,7 @@ class Campaign:
         self.cases += 1
         self.counts[kind] += 1
         getattr(self, f"_{kind}")(payload)
-        self.policy.probe.spin_for(0.002)
+        self.policy.spin_for(0.002)
         assert self.policy.proc.running, f"deer_policy died on a {kind} case:\n{self.policy.proc.output()[-3000:]}"
         if self.cases % CHECK_EVERY == 0:
             self.check_acting()
@@ -122,43 +120,39 @@ class Campaign:
     def _image(self, payload) -> None:
         camera, image = payload
         if image.header.stamp.sec >= 0 and image.header.stamp.nanosec < 10**9:
-            self.sent.add(key(image.header.stamp))
-        (self.policy.static if camera == "static" else self.policy.gripper).publish(image)
+            self.sent.add(stamp_key(image.header.stamp))
+        self.policy.publish_image(camera, image)
 
     def _instruction(self, text: str) -> None:
-        self.policy.instruction.publish(String(data=text))
+        self.policy.publish_instruction(text)
 
     def _parameter(self, payload) -> None:
         params, atomic = payload
         policy = self.policy
         if any(p.value.type > ParameterType.PARAMETER_STRING_ARRAY for p in params):
             # rclpy cannot read the request and sends no reply (README, known limits): do not wait for one
-            policy.set_params.call_async(SetParameters.Request(parameters=params))
+            policy.set_parameters(params, wait=False)
             self.counts["parameter_unknown_type"] += 1
             return
         if atomic:
-            from rcl_interfaces.srv import SetParametersAtomically
-
-            future = policy.call_async(policy.set_atomic, SetParametersAtomically.Request(parameters=params))
-            accepted = future.result().result.successful
+            accepted = policy.set_parameters(params, atomically=True).successful
         else:
-            future = policy.call_async(policy.set_params, SetParameters.Request(parameters=params))
-            accepted = any(r.successful for r in future.result().results)
+            accepted = any(r.successful for r in policy.set_parameters(params))
         self.counts["parameter_accepted" if accepted else "parameter_refused"] += 1
 
     def _reset(self, _) -> None:
-        self.policy.call(self.policy.reset, Trigger.Request())
+        self.policy.reset()
 
     def check_acting(self) -> None:
         """A good observation gets a sane action (limits the fuzz may have tightened are put back first)."""
         policy = self.policy
         for name, value in LIMITS.items():
-            if policy.get(name) != value:
-                assert policy.set(name, value).successful
+            if policy.get_parameter(name) != value:
+                assert policy.set_parameter(name, value).successful
         self.t += 1.0
-        self.sent.add(key(sim_time(self.t)))
-        policy.instruction.publish(String(data="open the drawer"))
-        policy.probe.spin_for(0.05)
+        self.sent.add(stamp_key(sim_time(self.t)))
+        policy.publish_instruction("open the drawer")
+        policy.spin_for(0.05)
         policy.act(self.t, timeout=60)
         self.checked += 1
         for action in policy.actions:

@@ -8,15 +8,16 @@ import time
 import numpy as np
 import pytest
 from diagnostic_msgs.msg import DiagnosticStatus
-from policy_driver import GRIPPER, STATIC, PolicyDriver, exit_layers, sim_time
+from policy_checks import exit_layers
 from rcl_interfaces.msg import Parameter as ParameterMsg
 from rcl_interfaces.msg import ParameterType, ParameterValue
-from rcl_interfaces.srv import SetParameters
 from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import Image
-from std_msgs.msg import String
 
+from deer_ros.ros.client import TEST_PATTERN, sim_time
 from deer_ros.ros.image import rgb_to_image
+
+STATIC, GRIPPER = TEST_PATTERN["static"], TEST_PATTERN["gripper"]
 
 pytestmark = pytest.mark.ros
 
@@ -26,7 +27,7 @@ def test_negative_and_invalid_stamps_are_refused(policy):
     for sec, nanosec in ((-1, 0), (-(2**31), 5), (3, 1_500_000_000)):
         image = rgb_to_image(STATIC, sim_time(2.0), "static")
         image.header.stamp.sec, image.header.stamp.nanosec = sec, nanosec
-        policy.static.publish(image)
+        policy.publish_image("static", image)
     policy.wait_count("bad_static_images", 3)
     assert "invalid stamp" in policy.counts()["last_error"]
     assert policy.proc.running
@@ -35,12 +36,12 @@ def test_negative_and_invalid_stamps_are_refused(policy):
 
 @pytest.mark.parametrize("value", [0.5, 5, True, "0.5", None], ids=["double", "int", "bool", "string", "not_set"])
 def test_a_scalar_for_thresholds_is_refused_through_both_services(policy, value):
-    assert not policy.set("thresholds", value).successful
-    assert not policy.set_atomically({"thresholds": value, "max_exit": 1}).successful
-    assert policy.get("thresholds") == [] and policy.get("max_exit") == 0
-    assert policy.describe("thresholds").type == ParameterType.PARAMETER_DOUBLE_ARRAY
+    assert not policy.set_parameter("thresholds", value).successful
+    assert not policy.set_parameters({"thresholds": value, "max_exit": 1}, atomically=True).successful
+    assert policy.get_parameter("thresholds") == [] and policy.get_parameter("max_exit") == 0
+    assert policy.describe_parameter("thresholds").type == ParameterType.PARAMETER_DOUBLE_ARRAY
     n_exits = len(exit_layers(policy.proc.output()))
-    assert policy.set("thresholds", [0.5] * n_exits).successful  # a real list still works
+    assert policy.set_parameter("thresholds", [0.5] * n_exits).successful  # a real list still works
     policy.act(1.0)
 
 
@@ -48,18 +49,18 @@ def test_oversized_and_long_thin_images_are_refused_before_any_allocation(policy
     policy.act(1.0)
     strip = Image(height=100000, width=1, encoding="rgb8", step=3, data=bytes(300000))  # 300 KB
     strip.header.stamp = sim_time(2.0)
-    policy.static.publish(strip)
+    policy.publish_image("static", strip)
     policy.wait_count("bad_static_images", 1)
     assert "max_image_aspect" in policy.counts()["last_error"]
     big = Image(height=2200, width=4100, encoding="mono8", step=4100, data=b"")  # refused on the header alone
     big.header.stamp = sim_time(2.0)
-    policy.gripper.publish(big)
+    policy.publish_image("gripper", big)
     policy.wait_count("bad_gripper_images", 1)
     assert "max_image_pixels" in policy.counts()["last_error"]
-    assert policy.set("max_image_aspect", 0.5).successful is False  # the range says >= 1
+    assert policy.set_parameter("max_image_aspect", 0.5).successful is False  # the range says >= 1
     policy.act(2.0)
-    assert policy.set("max_image_pixels", 100).successful  # the limit is the user's: CALVIN images now refused
-    policy.tick(3.0)
+    assert policy.set_parameter("max_image_pixels", 100).successful  # the user's limit: CALVIN images now refused
+    policy.send_observation(3.0)
     policy.wait_count("bad_static_images", 2)
 
 
@@ -68,11 +69,11 @@ def _ticks(policy, start: int, n: int, stray: dict | None = None, lag: bool = Fa
     is one frame behind the gripper camera."""
     for k in range(start, start + n):
         t = k / 30
-        policy.clock.publish(Clock(clock=sim_time(t)))
-        policy.gripper.publish(rgb_to_image(GRIPPER, sim_time(t), "gripper"))
+        policy.publish_clock(t)
+        policy.publish_image("gripper", rgb_to_image(GRIPPER, sim_time(t), "gripper"))
         s = (k - 1) / 30 if lag else t
-        policy.static.publish(rgb_to_image(STATIC, sim_time((stray or {}).get(k, s)), "static"))
-        policy.probe.spin_for(0.04)
+        policy.publish_image("static", rgb_to_image(STATIC, sim_time((stray or {}).get(k, s)), "static"))
+        policy.spin_for(0.04)
 
 
 def test_one_stray_stamp_or_a_lagging_camera_keeps_the_history(policy):
@@ -95,7 +96,7 @@ def test_one_stray_stamp_or_a_lagging_camera_keeps_the_history(policy):
     assert int(counts["pairs"]) >= pairs + 12 + 25 and int(counts["actions"]) > actions + 5, counts
 
 
-def test_a_model_that_outputs_nan_gives_error_health_with_the_counters(launch_node, probe, tmp_path):
+def test_a_model_that_outputs_nan_gives_error_health_with_the_counters(launch_node, client, tmp_path):
     import shutil
 
     from safetensors.torch import load_file, save_file
@@ -112,9 +113,10 @@ def test_a_model_that_outputs_nan_gives_error_health_with_the_counters(launch_no
     save_file(weights, str(path / WEIGHTS_FILE))
     launch_node("deer_policy_node", params={"use_sim_time": True, "diagnostics_period_s": 0.2,
                                             "checkpoint": str(path), "calibration": str(demo_calibration())})
-    policy = PolicyDriver(probe)
+    policy = client
+    policy.wait_for_policy()
     policy.instruct("open the drawer")
-    policy.tick(1.0)
+    policy.send_observation(1.0)
     status = policy.wait_status(DiagnosticStatus.ERROR)
     assert "not publishing" in status.message and "nonfinite_actions 1" in status.message, status.message
     assert policy.actions == []
@@ -161,23 +163,23 @@ def test_sigterm_while_the_model_loads_exits_cleanly(launch_node):
 
 
 def test_parameter_types_are_fixed_and_ranges_follow_the_model(policy):
-    assert not policy.set("flops_budget", "lots").successful
-    assert policy.describe("flops_budget").type == ParameterType.PARAMETER_DOUBLE
-    assert policy.set("flops_budget", 0).successful  # an integer for a double is still taken
+    assert not policy.set_parameter("flops_budget", "lots").successful
+    assert policy.describe_parameter("flops_budget").type == ParameterType.PARAMETER_DOUBLE
+    assert policy.set_parameter("flops_budget", 0).successful  # an integer for a double is still taken
     exits = exit_layers(policy.proc.output())
-    described = policy.describe("max_exit").integer_range[0]
+    described = policy.describe_parameter("max_exit").integer_range[0]
     assert (described.from_value, described.to_value) == (0, len(exits))
-    refused = policy.set("max_exit", len(exits) + 1)
+    refused = policy.set_parameter("max_exit", len(exits) + 1)
     assert not refused.successful and f"Max: {len(exits)}" in refused.reason
-    assert policy.set("max_exit", len(exits)).successful
+    assert policy.set_parameter("max_exit", len(exits)).successful
     policy.act(1.0)
 
 
 def test_instructions_too_long_or_invisible_are_refused(policy):
     policy.act(1.0)
-    policy.instruction.publish(String(data="x" * 4_000_000))
+    policy.publish_instruction("x" * 4_000_000)
     policy.wait_count("long_instructions", 1)
-    policy.instruction.publish(String(data="\u200b\u200c\u2060 \u200b"))
+    policy.publish_instruction("\u200b\u200c\u2060 \u200b")
     policy.wait_count("invisible_instructions", 1)
     counts = policy.counts()
     assert counts["instruction"] == "open the drawer" and len(counts["last_error"]) < 200
@@ -187,22 +189,20 @@ def test_instructions_too_long_or_invisible_are_refused(policy):
 
 def test_a_second_node_with_the_same_name_is_reported(policy, launch_node):
     launch_node("deer_policy_node", params={"use_sim_time": True, "diagnostics_period_s": 0.2})
-    policy.probe.spin_until(lambda: policy.counts().get("duplicate_node_name") == "true", 90,
+    policy.spin_until(lambda: policy.counts().get("duplicate_node_name") == "true", 90,
                             "the duplicate name in diagnostics")
-    policy.probe.spin_until(lambda: "another node is named /deer_policy" in policy.proc.output(), 30, "the warning")
+    policy.spin_until(lambda: "another node is named /deer_policy" in policy.proc.output(), 30, "the warning")
 
 
 def test_unknown_parameter_type_codes_and_negative_clock_do_not_kill_it(policy):
     policy.act(1.0)
-    client = policy.probe.node.create_client(SetParameters, "/deer_policy/set_parameters")
     bogus = ParameterMsg(name="flops_budget", value=ParameterValue(type=200))
-    policy.probe.spin_until(client.service_is_ready, 10, "set_parameters")
-    client.call_async(SetParameters.Request(parameters=[bogus]))  # rclpy cannot read it: no reply comes
+    policy.set_parameters([bogus], wait=False)  # rclpy cannot read it: no reply comes
     policy.wait_count("callback_errors", 1)
     negative = Clock()
     negative.clock.sec = -5
-    policy.clock.publish(negative)
+    policy.publisher(Clock, "/clock").publish(negative)
     policy.wait_count("callback_errors", 2)
     assert policy.proc.running
-    assert policy.set("max_exit", 1).successful
+    assert policy.set_parameter("max_exit", 1).successful
     assert policy.act(2.0).exit_index == 1

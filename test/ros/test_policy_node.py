@@ -1,4 +1,4 @@
-"""The deer_policy executable as a process, driven over DDS by an in-test probe node (issue 5)."""
+"""The deer_policy executable as a process, driven over DDS by an in-test client node (issue 5)."""
 from __future__ import annotations
 
 import signal
@@ -7,13 +7,12 @@ import numpy as np
 import pytest
 from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticStatus
-from policy_driver import GRIPPER, STATIC, PolicyDriver
-from policy_driver import kv as _kv
-from rosgraph_msgs.msg import Clock
-from std_msgs.msg import String
-from std_srvs.srv import Trigger
 
+from deer_ros.ros.client import TEST_PATTERN
+from deer_ros.ros.client import diagnostic_values as _kv
 from deer_ros.ros.image import rgb_to_image
+
+STATIC, GRIPPER = TEST_PATTERN["static"], TEST_PATTERN["gripper"]
 
 pytestmark = pytest.mark.ros
 
@@ -33,10 +32,10 @@ def test_malformed_images_are_refused_and_the_node_keeps_acting(policy):
     bad.encoding = "16UC1"
     short = rgb_to_image(GRIPPER, Time(sec=2), "gripper")
     short.data = short.data[:-5]
-    policy.tick(2.0, static=bad, gripper=short)  # neither image is usable: nothing to pair
+    policy.send_observation(2.0, static=bad, gripper=short)  # neither image is usable: nothing to pair
     policy.wait_count("bad_static_images", 1)  # the node has seen (and refused) both images
     policy.wait_count("bad_gripper_images", 1)
-    kv = _kv(policy.last_status())
+    kv = _kv(policy.status())
     assert "unsupported encoding" in kv["last_error"] or "bytes" in kv["last_error"]
     assert policy.proc.running
     policy.act(3.0)  # and it still acts on good images; steps run in order, so an action for the malformed
@@ -47,9 +46,8 @@ def test_a_camera_that_stops_gives_error_diagnostics_then_recovers(policy):
     policy.act(1.0)
     policy.wait_status(DiagnosticStatus.OK)
     for i in range(30):  # sim time advances, the gripper camera is silent
-        policy.clock.publish(Clock(clock=Time(sec=2 + i // 10, nanosec=(i % 10) * 100_000_000)))
-        policy.static.publish(rgb_to_image(STATIC, Time(sec=2 + i // 10, nanosec=(i % 10) * 100_000_000), "s"))
-        policy.probe.spin_for(0.05)
+        policy.send_observation(Time(sec=2 + i // 10, nanosec=(i % 10) * 100_000_000), gripper=None)
+        policy.spin_for(0.05)
     status = policy.wait_status(DiagnosticStatus.ERROR)
     assert "gripper camera silent" in status.message
     n = len(policy.actions)
@@ -64,16 +62,16 @@ def test_sim_time_jumping_back_clears_history_and_keeps_acting(policy):
         policy.act(t)
     action = policy.act(0.5)  # the simulator was reset
     assert action.header.stamp.sec == 0
-    policy.probe.spin_until(lambda: int(_kv(policy.last_status()).get("time_jumps", 0)) >= 1, 10, "a time jump")
+    policy.spin_until(lambda: int(_kv(policy.status()).get("time_jumps", 0)) >= 1, 10, "a time jump")
 
 
 def test_empty_instruction_is_refused_and_reset_service_works(policy):
     policy.act(1.0)
-    policy.instruction.publish(String(data="   "))
-    policy.probe.spin_until(lambda: int(_kv(policy.last_status()).get("empty_instructions", 0)) == 1, 10,
+    policy.publish_instruction("   ")
+    policy.spin_until(lambda: int(_kv(policy.status()).get("empty_instructions", 0)) == 1, 10,
                             "the empty instruction to be counted")
-    assert _kv(policy.last_status())["instruction"] == "open the drawer"
-    reply = policy.call(policy.reset, Trigger.Request())
+    assert _kv(policy.status())["instruction"] == "open the drawer"
+    reply = policy.reset()
     assert reply.success
     policy.act(2.0)
 
@@ -83,12 +81,12 @@ def test_parameter_abuse_is_refused_with_a_reason_and_changes_nothing(policy):
              ("max_exit", 1.5, "Wrong parameter type"), ("max_exit", 99, "out of range"),
              ("thresholds", [0.1, float("nan")], "NaN"), ("criterion", "telepathy", ""),
              ("model", "of3b", "read-only"), ("dtype", "int4", "")]
-    before = {name: policy.get(name) for name, _, _ in cases}
+    before = {name: policy.get_parameter(name) for name, _, _ in cases}
     for name, value, reason in cases:
-        result = policy.set(name, value)
+        result = policy.set_parameter(name, value)
         assert not result.successful, f"{name}={value!r} was accepted"
         assert reason in result.reason and result.reason, result.reason
-    assert {name: policy.get(name) for name, _, _ in cases} == before
+    assert {name: policy.get_parameter(name) for name, _, _ in cases} == before
     policy.act(1.0)
 
 
@@ -99,43 +97,33 @@ def test_signals_give_a_clean_exit(policy, sig):
     assert "Traceback" not in policy.proc.output()
 
 
-def test_lifecycle_transitions_gate_the_actions(launch_node, probe):
+def test_lifecycle_transitions_gate_the_actions(launch_node, client):
     from lifecycle_msgs.msg import Transition
-    from lifecycle_msgs.srv import ChangeState, GetState
 
     launch_node("deer_policy_node", params={"use_sim_time": True, "autostart": False,
                                             "diagnostics_period_s": 0.2})
-    node = probe.node
-    change = node.create_client(ChangeState, "/deer_policy/change_state")
-    get = node.create_client(GetState, "/deer_policy/get_state")
-    probe.spin_until(change.service_is_ready, 60, "the lifecycle services")
+    node = client.node
 
     def transition(tid: int) -> None:
-        future = change.call_async(ChangeState.Request(transition=Transition(id=tid)))
-        probe.spin_until(future.done, 60, f"transition {tid}")
-        assert future.result().success, f"transition {tid} failed"
+        assert client.change_state(tid), f"transition {tid} failed"
 
-    def state() -> str:
-        future = get.call_async(GetState.Request())
-        probe.spin_until(future.done, 20, "get_state")
-        return future.result().current_state.label
-
-    assert state() == "unconfigured"
+    assert client.lifecycle_state() == "unconfigured"
     transition(Transition.TRANSITION_CONFIGURE)  # loads the model
-    assert state() == "inactive"
-    driver = PolicyDriver(probe)
-    driver.instruction.publish(String(data="open the drawer"))
-    driver.tick(1.0)
-    probe.spin_for(1.0)
+    assert client.lifecycle_state() == "inactive"
+    driver = client
+    driver.wait_for_policy()
+    driver.publish_instruction("open the drawer")
+    driver.send_observation(1.0)
+    client.spin_for(1.0)
     assert driver.actions == [], "an inactive node published an action"
     transition(Transition.TRANSITION_ACTIVATE)
     driver.act(2.0)
     transition(Transition.TRANSITION_DEACTIVATE)
     n = len(driver.actions)
-    driver.tick(3.0)
-    probe.spin_for(1.0)
+    driver.send_observation(3.0)
+    client.spin_for(1.0)
     assert len(driver.actions) == n
     transition(Transition.TRANSITION_CLEANUP)  # frees the model
-    assert state() == "unconfigured"
-    probe.spin_until(lambda: node.count_subscribers("camera/static/image_raw") == 0, 20,
+    assert client.lifecycle_state() == "unconfigured"
+    client.spin_until(lambda: node.count_subscribers("camera/static/image_raw") == 0, 20,
                      "the camera subscriptions to be released by cleanup")

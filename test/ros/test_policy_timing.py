@@ -7,12 +7,9 @@ import signal
 import pytest
 from diagnostic_msgs.msg import DiagnosticStatus
 from lifecycle_msgs.msg import Transition
-from lifecycle_msgs.srv import ChangeState
-from policy_driver import LATCHED, PolicyDriver, key
-from std_msgs.msg import String
-from std_srvs.srv import Trigger
 
 from deer_ros.msg import InstructionStatus
+from deer_ros.ros.client import LATCHED, stamp_key
 
 pytestmark = pytest.mark.ros
 
@@ -20,9 +17,9 @@ pytestmark = pytest.mark.ros
 def test_a_resent_observation_is_acted_on_once(policy):
     first = policy.act(1.0)
     for i in range(3):  # the bridge re-sends a frame whose action it has not seen (lockstep)
-        policy.tick(1.0)
+        policy.send_observation(1.0)
         policy.wait_count("repeated_pairs", i + 1)
-    assert [key(a.header.stamp) for a in policy.actions] == [key(first.header.stamp)]
+    assert [stamp_key(a.header.stamp) for a in policy.actions] == [stamp_key(first.header.stamp)]
     policy.act(1.1)
     policy.wait_count("actions", 2)
     assert policy.count("steps") == 2, "the history advanced more than once per observation"
@@ -38,27 +35,28 @@ def test_every_applied_instruction_is_announced_with_a_new_sequence(policy):
     assert action.header.stamp.sec == 1
 
 
-def test_callbacks_answer_while_a_step_runs_and_apply_between_steps(launch_node, probe):
+def test_callbacks_answer_while_a_step_runs_and_apply_between_steps(launch_node, client):
     """A slow model (the simulated_step_delay_s testing aid holds every step for 6 s): the parameter services,
     the reset service and the instruction callback answer while a step is still running, and what they change
     takes effect between steps: a frame sent for the old instruction is not scored with the new one."""
     launch_node("deer_policy_node", params={"use_sim_time": True, "diagnostics_period_s": 0.2,
                                             "simulated_step_delay_s": 6.0})
-    policy = PolicyDriver(probe)
+    policy = client
+    policy.wait_for_policy()
     policy.instruct("open the drawer")
-    slow = policy.tick(1.0)
+    slow = policy.send_observation(1.0)
     policy.wait_count("steps", 1, timeout=30)  # the model ran; the step now holds for 6 s
     assert policy.action_for(slow) is None
-    assert policy.set("max_exit", 1).successful
-    assert policy.get("max_exit") == 1
-    assert policy.call(policy.reset, Trigger.Request()).success
-    old_task = policy.tick(2.0)  # a frame of the old task, sent before the new instruction
-    policy.probe.spin_for(0.3)
-    policy.instruction.publish(String(data="close the drawer"))
+    assert policy.set_parameter("max_exit", 1).successful
+    assert policy.get_parameter("max_exit") == 1
+    assert policy.reset().success
+    old_task = policy.send_observation(2.0)  # a frame of the old task, sent before the new instruction
+    policy.spin_for(0.3)
+    policy.publish_instruction("close the drawer")
     policy.wait_count("instructions_received", 2)
     assert policy.action_for(slow) is None, "a callback waited for the step to finish"
     # then the step ends, and the worker applies the changes before it takes the next frame
-    policy.probe.spin_until(lambda: any(s.text == "close the drawer" for s in policy.statuses), 30,
+    policy.spin_until(lambda: any(s.text == "close the drawer" for s in policy.statuses), 30,
                             "the new instruction to be applied after the step")
     assert policy.action_for(slow) is not None
     policy.wait_count("pairs_before_instruction", 1)
@@ -67,52 +65,53 @@ def test_callbacks_answer_while_a_step_runs_and_apply_between_steps(launch_node,
     assert action.exit_index == 1, "the max_exit change did not reach the next step"
 
 
-def test_stamps_from_another_clock_are_reported_with_the_hint(launch_node, probe):
+def test_stamps_from_another_clock_are_reported_with_the_hint(launch_node, client):
     proc = launch_node("deer_policy_node", params={"diagnostics_period_s": 0.2})  # no use_sim_time
-    policy = PolicyDriver(probe, sim_time=False)
+    policy = client
+    policy.sim_time = False
+    policy.wait_for_policy()
     policy.instruct("open the drawer")
     for t in (1.0, 1.1, 1.2):  # sim-time stamps, like a bridge or a bag
-        policy.tick(t)
-        probe.spin_for(0.2)
+        policy.send_observation(t)
+        client.spin_for(0.2)
     policy.wait_count("stale_pairs", 1)
     status = policy.wait_status(DiagnosticStatus.OK)  # images do arrive; the drops are in the counters
     assert "use_sim_time:=true" in policy.counts()["last_error"]
-    probe.spin_until(lambda: "use_sim_time:=true" in proc.output(), 10, "the stale warning in the log")
+    client.spin_until(lambda: "use_sim_time:=true" in proc.output(), 10, "the stale warning in the log")
     assert policy.actions == [] and status is not None
 
 
 def test_a_budget_above_the_maximum_runs_every_exit_and_below_the_cheapest_is_refused(policy):
-    assert policy.set("flops_budget", 1000).successful  # an integer, as `ros2 param set` sends it
-    policy.probe.spin_until(lambda: policy.counts().get("flops_budget_requested") == "1000", 10,
+    assert policy.set_parameter("flops_budget", 1000).successful  # an integer, as `ros2 param set` sends it
+    policy.spin_until(lambda: policy.counts().get("flops_budget_requested") == "1000", 10,
                             "the requested budget in diagnostics")
     assert "every allowed exit runs" in policy.counts()["flops_budget_note"]
     for t in (1.0, 1.1, 1.2):
         action = policy.act(t)
-        assert action.exit_index == policy.describe("max_exit").integer_range[0].to_value  # the last exit
-    result = policy.set("flops_budget", 1e-7)
+        assert action.exit_index == policy.describe_parameter("max_exit").integer_range[0].to_value  # the last exit
+    result = policy.set_parameter("flops_budget", 1e-7)
     assert not result.successful
     assert "flops_budget 1e-07" in result.reason and "GFLOPs" in result.reason and ".." in result.reason
-    assert policy.get("flops_budget") == 1000.0
+    assert policy.get_parameter("flops_budget") == 1000.0
 
 
-def test_while_unconfigured_budgets_are_checked_and_reset_says_no_model(launch_node, probe):
+def test_while_unconfigured_budgets_are_checked_and_reset_says_no_model(launch_node, client):
     launch_node("deer_policy_node", params={"autostart": False, "diagnostics_period_s": 0.2})
-    policy = PolicyDriver(probe, wait=False)
-    change = probe.node.create_client(ChangeState, "/deer_policy/change_state")
+    policy = client
 
     def transition(tid: int) -> None:
-        assert policy.call(change, ChangeState.Request(transition=Transition(id=tid)), 90).success
+        assert policy.change_state(tid)
 
-    reply = policy.call(policy.reset, Trigger.Request())
+    reply = policy.reset()
     assert not reply.success and "no model loaded" in reply.message
-    before = policy.set("flops_budget", 0.004)
+    before = policy.set_parameter("flops_budget", 0.004)
     assert not before.successful and "configure" in before.reason
     transition(Transition.TRANSITION_CONFIGURE)
     transition(Transition.TRANSITION_CLEANUP)
-    refused = policy.set("flops_budget", 1e-7)
+    refused = policy.set_parameter("flops_budget", 1e-7)
     assert not refused.successful and "flops_budget 1e-07" in refused.reason
-    assert policy.set("flops_budget", 1000.0).successful  # above the maximum: fine for the next configure
-    reply = policy.call(policy.reset, Trigger.Request())
+    assert policy.set_parameter("flops_budget", 1000.0).successful  # above the maximum: fine for the next configure
+    reply = policy.reset()
     assert not reply.success and "no model loaded" in reply.message
     transition(Transition.TRANSITION_CONFIGURE)
 
@@ -139,7 +138,7 @@ def test_a_second_ctrl_c_during_shutdown_exits_cleanly(policy):
     assert "Traceback" not in policy.proc.output()
 
 
-def test_the_status_is_latched_for_a_peer_that_joins_late(policy, probe):
-    late = probe.collect(InstructionStatus, "instruction_active", LATCHED)
-    probe.spin_until(lambda: late, 10, "the latched InstructionStatus")
+def test_the_status_is_latched_for_a_peer_that_joins_late(policy, client):
+    late = client.collect(InstructionStatus, "instruction_active", LATCHED)
+    client.spin_until(lambda: late, 10, "the latched InstructionStatus")
     assert (late[-1].text, late[-1].sequence) == ("open the drawer", 1)
