@@ -103,7 +103,7 @@ class BagSplit(CalvinSplit):
         return got
 
     def _build(self, got: dict, start_index: int) -> None:
-        from deer_ros.ros.image import ImageError, image_to_rgb
+        from deer_ros.images import ImageError, image_to_rgb
 
         statics = got["static"]
         if not statics:

@@ -27,7 +27,7 @@ def log_bag(bag: str | os.PathLike, rrd: str | os.PathLike, action_topic: str = 
     # Rerun's anonymous usage reports are off unless the user turned them on: a robot's network is not ours to use.
     os.environ.setdefault("RERUN_ANALYTICS", "false")
     rr = require("rerun", "logging a run to Rerun")
-    from deer_ros.ros.image import image_to_rgb
+    from deer_ros.images import image_to_rgb
 
     bag, rrd = Path(bag).expanduser(), Path(rrd).expanduser()
     store = T.typestore()
