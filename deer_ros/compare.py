@@ -106,7 +106,8 @@ def run_budget(args: argparse.Namespace, budget: float, log_dir: Path) -> Run:
 
 
 def compare(runs: list[Run]) -> dict:
-    """Per run: frames, compute, and the action difference from the reference run and from the recorded ones."""
+    """Per run: frames, compute, and the action difference from the reference run and from the recorded ones,
+    over the frames every run answered."""
     reference = max(runs, key=lambda r: np.mean([a["gflops"] for a in r.actions.values()]))
     stamps = sorted(set.intersection(*(set(r.actions) for r in runs)))
     if not stamps:
@@ -154,7 +155,7 @@ def format_table(result: dict, source: str) -> str:
 def plot(result: dict, path: Path, source: str) -> Path:
     plt = pyplot("the budget comparison plot")
     runs = sorted(result["runs"], key=lambda r: r["gflops_saved"])
-    saved = [r["gflops_saved"] for r in runs]
+    saved = [r["gflops_saved_pct"] for r in runs]
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for key, label, marker in (("translation_rmse", "translation RMSE", "o"), ("rotation_rmse", "rotation RMSE", "s")):
         ax.plot(saved, [r["vs_reference"][key] for r in runs], marker=marker, label=f"{label} vs reference run")
@@ -164,7 +165,7 @@ def plot(result: dict, path: Path, source: str) -> Path:
     for r, x in zip(runs, saved):
         ax.annotate(f"budget {r['flops_budget']:g}", (x, r["vs_reference"]["translation_rmse"]),
                     textcoords="offset points", xytext=(4, 6), fontsize=8)
-    ax.set_xlabel("mean LLM GFLOPs saved per action (vs the reference run)")
+    ax.set_xlabel("mean LLM GFLOPs per action saved vs the reference run (%)")
     ax.set_ylabel("action difference (scaled units)")
     ax.set_title(f"{Path(source).name}: {result['frames_compared']} frames", fontsize=10)
     ax.grid(alpha=0.3)
