@@ -7,6 +7,7 @@
   deer-ros flops       per-exit LLM FLOPs of a model preset
   deer-ros convert     released weights -> one deer_ros checkpoint
   deer-ros bag         rosbag2 bags: record, CALVIN <-> bag, repair, Rerun log
+  deer-ros compare     two or more budgets on the same bag / split over ROS -> table and plot
 
 Each sub-command lives in its own module and is imported only when it runs (torch is slow to import).
 Options that mean the same thing have the same name in every sub-command and match the node parameters:
@@ -27,6 +28,8 @@ COMMANDS = {
     "convert": ("deer_ros.convert", "convert_main",
                 "join released DeeR / OpenFlamingo / MPT / CLIP weights into one checkpoint for the node"),
     "bag": ("deer_ros.bag.cli", "bag_main", "record, convert, repair rosbag2 bags; log a run to Rerun"),
+    "compare": ("deer_ros.compare", "compare_main",
+                "replay one bag or split under several budgets; table and plot of the action difference"),
 }
 
 

@@ -12,6 +12,8 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
+
 from deer_ros.bag import types as T
 from deer_ros.bag.reader import TASKS_KEY, BagSplit
 from deer_ros.bag.writer import BagWriter
@@ -40,10 +42,11 @@ def frame_messages(store, frame: Frame, ns: int) -> dict[str, object]:
         return m[T.IMAGE](header=header, height=rgb.shape[0], width=rgb.shape[1], encoding="rgb8", is_bigendian=0,
                           step=rgb.shape[1] * 3, data=rgb.reshape(-1).copy())
 
-    rel = frame.rel_actions.astype("float32")
+    rel = frame.rel_actions.astype(np.float32)
     action = m[T.ACTION](header=m["std_msgs/msg/Header"](stamp=stamp, frame_id=STATIC_FRAME_ID),
                          translation=rel[:3].copy(), rotation=rel[3:6].copy(), gripper=float(rel[6]), exit_index=0,
-                         layers=0, gflops=0.0, latency_ms=0.0, flops_budget=0.0)
+                         layers=0, gflops=0.0, latency_ms=0.0, flops_budget=0.0,
+                         criterion_values=np.zeros(0, dtype=np.float32))
     return {"/clock": m[T.CLOCK](clock=stamp), T.STATIC_TOPIC: image(frame.rgb_static, STATIC_FRAME_ID),
             T.GRIPPER_TOPIC: image(frame.rgb_gripper, GRIPPER_FRAME_ID), T.EXPERT_TOPIC: action}
 

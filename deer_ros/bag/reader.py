@@ -22,9 +22,14 @@ import numpy as np
 
 from deer_ros.bag import types as T
 from deer_ros.calvin.dataset import CalvinDatasetError, CalvinSplit, Frame, Segment
+from deer_ros.paths import split_folder
 
 log = logging.getLogger(__name__)
 TASKS_KEY = "deer_ros.tasks"  # custom_data entry: JSON {instruction: CALVIN task id}, written by split_to_bag
+TOPIC_ROLES = ("static", "gripper", "instruction", "action")  # `role=topic` keys of parse_topics
+STORAGE_SUFFIXES = (".mcap", ".db3")
+NO_ACTION = np.full(7, np.nan, dtype=np.float32)  # rel_actions of a frame read without an action topic
+NO_ACTION_MESSAGE = object()  # stands for "no action topic" in the pairing
 
 
 class BagError(CalvinDatasetError):
@@ -55,6 +60,45 @@ def open_reader(path: Path):
     return reader
 
 
+def parse_topics(text: str) -> dict[str, str]:
+    """BagSplit topic overrides from `role=topic` pairs ('static=/front/image,action='): a {role_topic: topic}
+    dict for BagSplit's keyword arguments. `action=` (empty) reads no action topic."""
+    out: dict[str, str] = {}
+    for item in (t.strip() for t in text.split(",")):
+        if not item:
+            continue
+        role, sep, topic = (part.strip() for part in item.partition("="))
+        if not sep or role not in TOPIC_ROLES:
+            raise BagError(f"bag topics {text!r}: {item!r} is not ROLE=TOPIC with ROLE one of {', '.join(TOPIC_ROLES)} "
+                           "(e.g. 'static=/front/image_raw,action=teleop_action'; 'action=' reads no actions)")
+        if not topic and role != "action":
+            raise BagError(f"bag topics {text!r}: the {role} topic cannot be empty (only action= may be)")
+        out[f"{role}_topic"] = topic
+    return out
+
+
+def is_bag(path: str | os.PathLike) -> bool:
+    """Whether `path` is (or looks like) a rosbag2 bag: a folder with metadata.yaml or a storage file, or an
+    .mcap / .db3 file. A killed recorder's folder (a storage file, no metadata) counts, so it gets the repair hint."""
+    path = Path(path).expanduser()
+    if path.is_file():
+        return path.suffix in STORAGE_SUFFIXES
+    return path.is_dir() and ((path / "metadata.yaml").exists()
+                              or any(f.suffix in STORAGE_SUFFIXES for f in path.iterdir()))
+
+
+def open_split(dataset: str | os.PathLike, split: str, bag_topics: str = "",
+               bag_action_topic: str = T.EXPERT_TOPIC) -> CalvinSplit:
+    """The frames to play or calibrate on: a BagSplit when `dataset` is a bag (topics: the defaults, then
+    `bag_action_topic`, then the `bag_topics` overrides), else the CALVIN split `split` of `dataset`."""
+    if str(dataset) and is_bag(dataset):
+        return BagSplit(dataset, **{"action_topic": bag_action_topic, **parse_topics(bag_topics)})
+    if bag_topics.strip():
+        raise BagError(f"bag topics {bag_topics!r} given, but {dataset or 'the bundled sample'} is a CALVIN split, "
+                       "not a bag; give a bag (a folder with metadata.yaml, or an .mcap / .db3 file)")
+    return CalvinSplit(split_folder(dataset, split))
+
+
 class BagSplit(CalvinSplit):
     """The frames of a rosbag2 bag (MCAP or sqlite3) as a split. See the module docstring for the pairing."""
 
@@ -63,8 +107,9 @@ class BagSplit(CalvinSplit):
                  instruction_topic: str = T.INSTRUCTION_TOPIC, pair_tolerance_s: float = 1 / 60,
                  start_index: int = 0) -> None:
         self.path = Path(path).expanduser()
-        self.topics = {"static": static_topic, "gripper": gripper_topic, "action": action_topic,
-                       "instruction": instruction_topic}
+        self.topics = {"static": static_topic, "gripper": gripper_topic, "instruction": instruction_topic}
+        if action_topic:
+            self.topics["action"] = action_topic
         self.dropped: dict[str, int] = {}
         self._tolerance_ns = int(pair_tolerance_s * 1e9)
         self._frames: dict[int, Frame] = {}
@@ -86,7 +131,7 @@ class BagSplit(CalvinSplit):
                 if present[topic] != expected[role]:
                     raise BagError(f"{self.path}: topic '{topic}' has type {present[topic]}, expected "
                                    f"{expected[role]} for the {role} topic; record that type or name another topic.")
-            got = {role: [] for role in expected}
+            got = {role: [] for role in expected}  # "action" stays empty without an action topic
             custom = reader.storage.metadata.custom or {}
             conns = [c for c in reader.connections if c.topic in wanted]
             for conn, log_ns, raw in reader.messages(connections=conns):
@@ -103,7 +148,7 @@ class BagSplit(CalvinSplit):
         return got
 
     def _build(self, got: dict, start_index: int) -> None:
-        from deer_ros.ros.image import ImageError, image_to_rgb
+        from deer_ros.images import ImageError, image_to_rgb
 
         statics = got["static"]
         if not statics:
@@ -125,7 +170,7 @@ class BagSplit(CalvinSplit):
         dropped = {"no gripper image": 0, "no action": 0}
         for (log_ns, msg), stamp in zip(statics, stamps):
             gripper = self._nearest(grippers, gripper_stamps, stamp)
-            action = actions.get(stamp)
+            action = actions.get(stamp) if "action" in self.topics else NO_ACTION_MESSAGE
             if gripper is None or action is None:
                 dropped["no gripper image" if gripper is None else "no action"] += 1
                 continue
@@ -133,7 +178,8 @@ class BagSplit(CalvinSplit):
                 rgb_static, rgb_gripper = image_to_rgb(msg), image_to_rgb(gripper)
             except ImageError as exc:
                 raise BagError(f"{self.path}: image stamped {stamp} ns cannot be read: {exc}.") from exc
-            rel = np.array([*action.translation, *action.rotation, action.gripper], dtype=np.float32)
+            rel = (NO_ACTION.copy() if action is NO_ACTION_MESSAGE else
+                   np.array([*action.translation, *action.rotation, action.gripper], dtype=np.float32))
             self._frames[index] = Frame(index, np.array(rgb_static), np.array(rgb_gripper), rel)
             which = bisect.bisect_right(instruction_times, log_ns) - 1
             if not runs or runs[-1][0] != which:
@@ -144,8 +190,9 @@ class BagSplit(CalvinSplit):
         if self.dropped:
             log.warning("%s: frames without a partner left out: %s", self.path, self.dropped)
         if not self._frames:
-            raise BagError(f"{self.path}: no static image has a matching gripper image and action on "
-                           f"'{self.topics['action']}' ({self.dropped}); check the action topic and the stamps.")
+            partner = f"and action on '{self.topics['action']}' " if "action" in self.topics else ""
+            raise BagError(f"{self.path}: no static image has a matching gripper image {partner}"
+                           f"({self.dropped}); check the topics and the stamps.")
         self.episodes = [(ids[0], ids[-1]) for _, ids in runs]
         self._segments = []
         for i, (which, ids) in enumerate(runs):

@@ -7,7 +7,8 @@ Logged from a bag, on the `stamp` timeline (header stamps, so sim time for bridg
     policy/exit, policy/layers      the exit chosen and the layers it ran
     policy/gflops, policy/budget    GFLOPs spent per action and the average-GFLOPs budget in force
     policy/latency_ms               observation to action
-The criterion values are not on any topic the policy publishes, so they are not logged.
+    policy/criterion                the exit criterion's value at each exit examined (instance k = exit k+1;
+                                    actions that carry none, such as expert actions, log nothing here)
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from deer_ros.bag.reader import open_reader, stamp_ns
 from deer_ros.dependencies import require
 
 ENTITIES = ("camera/static", "camera/gripper", "instruction", "action", "policy/exit", "policy/layers",
-            "policy/gflops", "policy/budget", "policy/latency_ms")
+            "policy/gflops", "policy/budget", "policy/latency_ms", "policy/criterion")
 
 
 def log_bag(bag: str | os.PathLike, rrd: str | os.PathLike, action_topic: str = T.POLICY_TOPIC) -> dict[str, int]:
@@ -27,7 +28,7 @@ def log_bag(bag: str | os.PathLike, rrd: str | os.PathLike, action_topic: str = 
     # Rerun's anonymous usage reports are off unless the user turned them on: a robot's network is not ours to use.
     os.environ.setdefault("RERUN_ANALYTICS", "false")
     rr = require("rerun", "logging a run to Rerun")
-    from deer_ros.ros.image import image_to_rgb
+    from deer_ros.images import image_to_rgb
 
     bag, rrd = Path(bag).expanduser(), Path(rrd).expanduser()
     store = T.typestore()
@@ -54,6 +55,8 @@ def log_bag(bag: str | os.PathLike, rrd: str | os.PathLike, action_topic: str = 
                 values = {"action": [*msg.translation, *msg.rotation, msg.gripper], "policy/exit": [msg.exit_index],
                           "policy/layers": [msg.layers], "policy/gflops": [msg.gflops],
                           "policy/budget": [msg.flops_budget], "policy/latency_ms": [msg.latency_ms]}
+                if len(msg.criterion_values):
+                    values["policy/criterion"] = msg.criterion_values
                 for entity, value in values.items():
                     rec.log(entity, rr.Scalars([float(v) for v in value]))
                     counts[entity] += 1

@@ -1,10 +1,12 @@
-"""`deer-ros calibrate`: run a model over a CALVIN-format split and write a calibration file.
+"""`deer-ros calibrate`: run a model over a CALVIN-format split (or a rosbag2 bag) and write a calibration file.
 
 The file holds every exit's criterion values (all registered criteria unless --criterion is given), the
 per-exit GFLOPs, and which model, checkpoint (with its fingerprint) and data produced them. The checkpoint is
 only read, never written. --mode segments (ours, default) steps whole segments as the node does; --mode
 reference follows the reference's protocol (12-frame windows, validation split by default, augmentation) and,
 for a DeeR .pth that holds the values a reference eval cached, reuses them (--recompute to collect anew).
+--bag takes the frames from a rosbag2 bag instead (deer_ros.bag.reader.BagSplit: each instruction starts a
+segment); both modes then run on it exactly as on a split.
 """
 from __future__ import annotations
 
@@ -16,7 +18,6 @@ from pathlib import Path
 import numpy as np
 
 from deer_ros.exits.criteria import CRITERIA, DEFAULT_CRITERION
-from deer_ros.paths import split_folder
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,6 +29,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="segments: whole segments as the node runs them; reference: the reference's protocol")
     p.add_argument("--dataset", default="", help="CALVIN dataset root (with training/, validation/) or a split "
                    "folder; '' = the bundled sample")
+    p.add_argument("--bag", default="", help="rosbag2 bag (folder or .mcap/.db3 file) to calibrate on instead of "
+                   "--dataset: demonstrations recorded on the robot (`deer-ros bag record`)")
+    p.add_argument("--bag-topics", default="", help="--bag: ROLE=TOPIC overrides of the topics read, ROLE one of "
+                   "static, gripper, instruction, action (defaults: camera/static/image_raw, "
+                   "camera/gripper/image_raw, instruction, and no action topic: calibration needs none; "
+                   "action=expert_action keeps only frames with an action there)")
     p.add_argument("--split", default=None, choices=("training", "validation"),
                    help="split of a dataset root (default: training for segments, validation for reference, as "
                         "the reference); refused when --dataset is the other split's folder")
@@ -57,7 +64,11 @@ def calibrate_main(argv: list[str] | None = None) -> int:
     if args.max_frames is not None and args.max_frames < 1:
         print("deer-ros calibrate: --max-frames must be >= 1", file=sys.stderr)
         return 2
-    from deer_ros.calvin.dataset import CalvinDatasetError, CalvinSplit
+    if args.bag and (args.dataset or args.split):
+        print("deer-ros calibrate: --bag replaces --dataset and --split; give one source", file=sys.stderr)
+        return 2
+    from deer_ros.bag.reader import BagSplit, is_bag, open_split
+    from deer_ros.calvin.dataset import CalvinDatasetError
     from deer_ros.exits.calibration import CalibrationError, calibration_meta, collect_calibration, split_segments
     from deer_ros.model.checkpoint import CheckpointError
     from deer_ros.model.factory import load_policy, resolve_checkpoint  # torch is imported only now
@@ -71,7 +82,12 @@ def calibrate_main(argv: list[str] | None = None) -> int:
             calibration = cached
             calibration.meta.update(meta)
         else:
-            split = CalvinSplit(split_folder(args.dataset, split_name))
+            if args.bag and not is_bag(args.bag):
+                raise CalvinDatasetError(f"--bag {args.bag}: not a rosbag2 bag (a folder with metadata.yaml, or an "
+                                         ".mcap / .db3 file); a CALVIN split goes to --dataset")
+            split = open_split(args.bag or args.dataset, split_name, args.bag_topics, bag_action_topic="")
+            if isinstance(split, BagSplit):
+                meta["bag_topics"] = split.topics
             meta.update(dataset=str(split.path.resolve()), split=split.path.name)
             policy = load_policy(checkpoint=checkpoint, preset=args.model, device=args.device, dtype=args.dtype)
             if args.mode == "reference":

@@ -1,6 +1,7 @@
 """calvin_bridge: the CALVIN benchmark as ROS topics, so the policy runs and is measured without a robot.
 
-mode=replay: recorded CALVIN-format episodes are published frame by frame (both cameras as rgb8, the segment's
+mode=replay: recorded CALVIN-format episodes (or a rosbag2 bag's frames, deer_ros.bag.reader.BagSplit) are
+published frame by frame (both cameras as rgb8, the segment's
 instruction, the recorded action as `expert_action`, and /clock at the CALVIN control rate of 30 Hz). With
 `lockstep` the next frame goes out only once the policy's action for the current one arrived, so an evaluation
 is the same whatever the model's speed; otherwise frames go out at `rate_hz`. The policy's actions are scored
@@ -28,12 +29,13 @@ from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import Image
 from std_msgs.msg import String
 
-from deer_ros.calvin.dataset import CalvinDatasetError, CalvinSplit
+from deer_ros.bag.reader import is_bag, open_split
+from deer_ros.calvin.dataset import CalvinDatasetError
 from deer_ros.calvin.evaluation import OpenLoopEvaluator
 from deer_ros.calvin.protocol import ProtocolError
 from deer_ros.calvin.sim import CalvinEnvMissing
 from deer_ros.msg import EndEffectorAction, InstructionStatus
-from deer_ros.paths import split_folder
+from deer_ros.dependencies import MissingDependency
 from deer_ros.ros.image import rgb_to_image
 from deer_ros.ros.node_main import run_node
 from deer_ros.ros.params import ParameterError, ParamSpec, check_changes, declare, values
@@ -50,8 +52,13 @@ POLICY_HINT_S = 2.0  # a missing policy is reported after this long, then every 
 BRIDGE_PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("mode", str, "replay", "replay recorded episodes or run the live simulator.",
               choices=("replay", "sim"), read_only=True),
-    ParamSpec("dataset", str, "", "CALVIN dataset root (with training/ and validation/) or a split folder; "
-              "'' = the bundled real CALVIN sample.", read_only=True),
+    ParamSpec("dataset", str, "", "CALVIN dataset root (with training/ and validation/) or a split folder, or "
+              "a rosbag2 bag (folder with metadata.yaml, or an .mcap/.db3 file; replay only) played frame by frame "
+              "like a split; '' = the bundled real CALVIN sample.", read_only=True),
+    ParamSpec("bag_topics", str, "", "dataset a bag: ROLE=TOPIC overrides of the topics read, ROLE one of "
+              "static, gripper, instruction, action (defaults camera/static/image_raw, camera/gripper/image_raw, "
+              "instruction, expert_action); 'action=' plays a bag without recorded actions (nothing scored).",
+              read_only=True),
     ParamSpec("split", str, "validation", "Split to play.", choices=("training", "validation"), read_only=True),
     ParamSpec("segments", str, "", "Comma-separated segment indices or task names to play (replay, and sim "
               "with sim_start episodes); '' = all.", read_only=True),
@@ -147,7 +154,7 @@ class CalvinBridgeNode(Node):
         self.sim_start = p["sim_start"]
         if self.mode == "sim":
             _check_sim_parameters(p)
-        self.split = CalvinSplit(split_folder(p["dataset"], p["split"]))
+        self.split = open_split(p["dataset"], p["split"], p["bag_topics"])
         self.segments = self.split.select_segments(p["segments"])
         # Everything that can be wrong with the inputs is found now, before waiting for a policy.
         self.instructions, self.sequences = self._sim_inputs(p) if self.mode == "sim" else ({}, [])
@@ -330,11 +337,13 @@ class CalvinBridgeNode(Node):
                         return
                     frame = self.split.frame(index, keys=())  # cameras and rel_actions only
                     truth = frame.rel_actions.astype(np.float32)
+                    if not np.all(np.isfinite(truth)):
+                        truth = None  # a bag played without an action topic: nothing to publish or score
                     if self.get_parameter("lockstep").value:
-                        self._exchange(seg_index, frame.rgb_static, frame.rgb_gripper, truth, score=True)
+                        self._exchange(seg_index, frame.rgb_static, frame.rgb_gripper, truth, score=truth is not None)
                     else:
                         self._publish(seg_index, frame.rgb_static, frame.rgb_gripper, truth, lockstep=False,
-                                      score=True)
+                                      score=truth is not None)
                         next_time += 1.0 / self.get_parameter("rate_hz").value
                         self._stop.wait(max(0.0, next_time - time.monotonic()))
             if not self.get_parameter("loop").value:
@@ -526,6 +535,9 @@ class CalvinBridgeNode(Node):
 def _check_sim_parameters(p: dict) -> None:
     """Replay-only settings are refused in sim mode instead of being ignored."""
     problems = []
+    if p["dataset"] and is_bag(p["dataset"]):
+        problems.append(f"dataset {p['dataset']} (a bag: the simulator starts from recorded robot and scene states, "
+                        "which a bag does not hold; replay it with mode replay)")
     if not p["lockstep"]:
         problems.append("lockstep false (the simulator waits for each action: sim is always lockstep)")
     if p["loop"]:
@@ -601,7 +613,7 @@ def _run(node: CalvinBridgeNode) -> int:
 
 def main(args: list[str] | None = None) -> int:
     return run_node(NODE_NAME, CalvinBridgeNode, _run, args,
-                    fatal=(CalvinDatasetError, CalvinEnvMissing, ProtocolError, FileNotFoundError),
+                    fatal=(CalvinDatasetError, CalvinEnvMissing, ProtocolError, FileNotFoundError, MissingDependency),
                     parameters=BRIDGE_PARAMETERS)
 
 

@@ -1,51 +1,18 @@
 """sensor_msgs/Image <-> numpy, without copies where the layout allows it.
 
-ROS 2 `cv_bridge` is used when it is importable (a normal ROS 2 install); otherwise the built-in converter
-below gives the same arrays. Every malformed message raises ImageError with a reason a user can act on.
-
-Size limits (`ImageLimits`) are checked on the header fields before any pixel is touched, so an accepted image
-bounds the memory spent on it: the RGB copy is at most max_pixels * 3 bytes, and the model's resize (shorter
-side to S, then a centre crop) makes at most an S x (S * max_aspect) intermediate, so a long thin image cannot
-inflate into gigabytes.
+ROS 2 `cv_bridge` is used when it is importable (a normal ROS 2 install); otherwise the built-in decoder
+(deer_ros.images, shared with the bag reader) gives the same arrays. Size limits: deer_ros.images.ImageLimits.
 """
 from __future__ import annotations
 
 import numpy as np
-from dataclasses import dataclass
 
 from builtin_interfaces.msg import Time
 from sensor_msgs.msg import Image
 
-# encoding -> (channels, index of R, G, B within a pixel); mono8 repeats its one channel.
-_ENCODINGS: dict[str, tuple[int, tuple[int, int, int]]] = {
-    "rgb8": (3, (0, 1, 2)),
-    "bgr8": (3, (2, 1, 0)),
-    "rgba8": (4, (0, 1, 2)),
-    "bgra8": (4, (2, 1, 0)),
-    "mono8": (1, (0, 0, 0)),
-}
-SUPPORTED_ENCODINGS = tuple(_ENCODINGS)
-
-
-class ImageError(ValueError):
-    """A sensor_msgs/Image that cannot be turned into an RGB array."""
-
-
-@dataclass(frozen=True)
-class ImageLimits:
-    """Largest image accepted: pixel count and aspect ratio (long side / short side)."""
-
-    max_pixels: int = 4096 * 2160  # DCI 4K; CALVIN's 200x200 and 84x84 and VGA..UHD robot cameras fit
-    max_aspect: float = 4.0  # 32:9 ultra-wide is 3.56; a 100000x1 strip is refused
-
-    def check(self, width: int, height: int) -> None:
-        if width * height > self.max_pixels:
-            raise ImageError(f"image {width}x{height} has {width * height} pixels, more than max_image_pixels = "
-                             f"{self.max_pixels}: downscale it at the camera or raise max_image_pixels")
-        aspect = max(width, height) / min(width, height)
-        if aspect > self.max_aspect:
-            raise ImageError(f"image {width}x{height} has aspect ratio {aspect:.3g}, more than max_image_aspect = "
-                             f"{self.max_aspect:g}: crop it at the camera or raise max_image_aspect")
+from deer_ros.images import (  # noqa: F401 - re-exported: the nodes' image API
+    SUPPORTED_ENCODINGS, ImageError, ImageLimits, check_image, image_to_rgb,
+)
 
 
 def _ros_cv_bridge():
@@ -55,39 +22,6 @@ def _ros_cv_bridge():
     except Exception:  # noqa: BLE001 - any import failure means "not usable here"
         return None
     return CvBridge() if hasattr(CvBridge, "imgmsg_to_cv2") else None
-
-
-def check_image(msg: Image, limits: ImageLimits | None = None) -> tuple[int, tuple[int, int, int]]:
-    """Validate the layout (and the size, given `limits`) of `msg`; return (channels, RGB channel order) or
-    raise ImageError. Reads header fields only: nothing is allocated before the image is accepted."""
-    spec = _ENCODINGS.get(msg.encoding)
-    if spec is None:
-        raise ImageError(
-            f"unsupported encoding '{msg.encoding}'; publish one of {', '.join(SUPPORTED_ENCODINGS)}"
-        )
-    channels, (r, g, b) = spec
-    height, width, step = int(msg.height), int(msg.width), int(msg.step)
-    if height <= 0 or width <= 0:
-        raise ImageError(f"empty image: {width}x{height}")
-    if limits is not None:
-        limits.check(width, height)
-    if step < width * channels:
-        raise ImageError(f"step {step} is smaller than width*channels = {width * channels} for {msg.encoding}")
-    size = len(msg.data)
-    if size != step * height:
-        raise ImageError(f"data has {size} bytes, expected step*height = {step}*{height} = {step * height}")
-    return channels, (r, g, b)
-
-
-def image_to_rgb(msg: Image, limits: ImageLimits | None = None) -> np.ndarray:
-    """Return an (H, W, 3) uint8 RGB view of `msg` (a copy only when channels must be reordered or dropped)."""
-    channels, (r, g, b) = check_image(msg, limits)
-    height, width, step = int(msg.height), int(msg.width), int(msg.step)
-    rows = np.frombuffer(msg.data, dtype=np.uint8).reshape(height, step)  # a view of the message buffer
-    pixels = rows[:, : width * channels].reshape(height, width, channels)
-    if (r, g, b) == (0, 1, 2) and channels == 3:
-        return pixels
-    return np.ascontiguousarray(pixels[:, :, [r, g, b]])
 
 
 def rgb_to_image(rgb: np.ndarray, stamp: Time, frame_id: str) -> Image:
@@ -114,7 +48,7 @@ class ImageConverter:
         self.limits = limits
 
     def to_rgb(self, msg: Image) -> np.ndarray:
-        if self._bridge is None or msg.encoding not in _ENCODINGS:
+        if self._bridge is None or msg.encoding not in SUPPORTED_ENCODINGS:
             return image_to_rgb(msg, self.limits)
         check_image(msg, self.limits)  # the same validation and messages whichever backend converts
         try:

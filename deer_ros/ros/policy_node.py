@@ -477,6 +477,7 @@ class DeerPolicyNode(LifecycleNode):
         msg.translation, msg.rotation, msg.gripper = action[0:3], action[3:6], float(action[6])
         msg.exit_index, msg.layers, msg.gflops = int(result.exit_index), int(result.layers), float(result.gflops)
         msg.flops_budget = float(budget)
+        msg.criterion_values = [float(v) for v in result.values]
         latency_ms = (time.monotonic_ns() - pair.received_ns) / 1e6
         msg.latency_ms = float(latency_ms)
         self._action_pub.publish(msg)

@@ -19,6 +19,11 @@ pytest.importorskip("rerun", reason="needs the viz extra: pip install 'deer_ros[
 FRAMES = 6
 
 
+def _criterion(i: int) -> list[float]:
+    """Criterion values of frame i's action: one per exit examined (exit i % 3 + 1 chosen)."""
+    return [0.5 + i + k / 8 for k in range(i % 3 + 1)]
+
+
 def _policy_run(path):
     """A bag as the policy node leaves it: instruction, cameras and its actions on `action` (exits, a budget)."""
     with BagWriter(path) as writer:
@@ -30,6 +35,7 @@ def _policy_run(path):
             msgs = frame_messages(writer.store, Frame(i, rgb, rgb[:4, :4], np.zeros(7, np.float32)), frame_ns(i))
             action = msgs.pop(T.EXPERT_TOPIC)
             action.exit_index, action.layers, action.gflops, action.flops_budget = i % 3 + 1, 4, 1.5, 2.0
+            action.criterion_values = np.array(_criterion(i), dtype=np.float32)
             for topic, msg in {**msgs, T.POLICY_TOPIC: action}.items():
                 writer.write(topic, frame_ns(i) + 1, msg)
     return path
@@ -39,7 +45,7 @@ def _rerun(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "rerun_cli", *args], capture_output=True, text=True, timeout=120)
 
 
-def test_the_rrd_file_holds_cameras_instruction_actions_exits_and_budget(tmp_path):
+def test_the_rrd_file_holds_cameras_instruction_actions_exits_criterion_values_and_budget(tmp_path):
     from deer_ros.bag.rerun_log import ENTITIES, log_bag
 
     rrd = tmp_path / "run.rrd"
@@ -60,3 +66,11 @@ def test_the_rrd_file_holds_cameras_instruction_actions_exits_and_budget(tmp_pat
     assert dict(rows) == {e: FRAMES if e != "instruction" else 1 for e in ENTITIES} == counts
     assert columns["camera/static"].startswith("Image:") and columns["instruction"] == "TextDocument:text"
     assert columns["policy/exit"] == columns["policy/budget"] == "Scalars:scalars"
+    assert columns["policy/criterion"] == "Scalars:scalars"
+    # The data itself (-vvv prints the chunks' cells): every action's criterion values, one per exit examined.
+    data = _rerun("rrd", "print", "-vvv", str(rrd))
+    assert data.returncode == 0, data.stderr
+    chunk = data.stdout[data.stdout.index("- /policy/criterion -"):]
+    chunk = chunk[:chunk.index("Chunk(")] if "Chunk(" in chunk else chunk  # up to the next chunk
+    cells = re.findall(r"\u2506 \[([-\d., e]+)\] +\u2502", chunk)  # the last column: "┆ [0.5, 0.625] │"
+    assert [[float(v) for v in c.split(",")] for c in cells] == [_criterion(i) for i in range(FRAMES)]
