@@ -2,7 +2,9 @@
 
 Contract (docs/architecture.md, "model -> everyone"): `step(static_rgb, gripper_rgb, instruction, decide)`.
 Per step:
-  1. both cameras are preprocessed and encoded in one batched pass (ViT + shared perceiver) -> media;
+  1. both cameras are preprocessed and encoded in one batched pass (ViT + shared perceiver) -> media; with
+     vision reuse on (off by default; vision_reuse.py), a camera whose image barely changed since it was last
+     encoded keeps its cached tokens and only the other camera is encoded;
   2. the instruction is tokenised once and cached (ids, <image> positions, ALiBi bias, per-layer cost) until it
      changes;
   3. layers run one at a time; at every built exit the shared head decodes a pose from the committed LSTM state
@@ -29,6 +31,9 @@ from deer_ros.model.memory import memory_report
 from deer_ros.model.precision import prepare_model, resolve_device
 from deer_ros.model.preprocess import ImagePreprocessor
 from deer_ros.model.tokenizer import PromptEncoder
+from deer_ros.model.vision_reuse import CameraPlan, VisionCache, VisionReuse
+
+CAMERA_NAMES = ("static_rgb", "gripper_rgb")  # model camera order
 
 
 @dataclass
@@ -65,6 +70,8 @@ class StepResult:
     gflops: float  # LLM GFLOPs spent on this step (actual prompt length)
     values: list[float] = field(default_factory=list)  # criterion values recorded by the decider, one per exit seen
     timings_ms: dict = field(default_factory=dict)  # 'preprocess', 'vision', 'llm', 'head', 'total'
+    vision_reused: tuple[bool, ...] = ()  # per camera (static, gripper): cached tokens reused (vision_reuse.py)
+    vision_change: tuple[float | None, ...] = ()  # per camera: change test score (grey levels), None = not tested
 
 
 @dataclass
@@ -80,7 +87,8 @@ class _Prompt:
 class DeerPolicy:
     """A DeerModel wrapped for closed-loop control: preprocessing, prompt cache, dynamic exit, LSTM history."""
 
-    def __init__(self, model: DeerModel, tokenizer, device: str = "cpu", dtype: str = "fp32"):
+    def __init__(self, model: DeerModel, tokenizer, device: str = "cpu", dtype: str = "fp32",
+                 vision_reuse: VisionReuse | None = None):
         self.device = resolve_device(device)
         self.dtype = dtype
         self.model = prepare_model(model, self.device, dtype)
@@ -91,11 +99,21 @@ class DeerPolicy:
         self.exits: list[ExitInfo] = [ExitInfo(e.index, e.layer, e.layers, e.gflops) for e in costs]
         self._prompt: _Prompt | None = None
         self._state: LSTMState | None = None
+        self._vision_cache = VisionCache(vision_reuse)
 
     # ------------------------------------------------------------------ public API
     def reset(self) -> None:
-        """Clear the recurrent (LSTM) state: call at the start of every new task."""
+        """Clear the recurrent (LSTM) state and the cached vision tokens: call at the start of every new task."""
         self._state = None
+        self._vision_cache.clear()
+
+    @property
+    def vision_reuse(self) -> VisionReuse:
+        return self._vision_cache.settings
+
+    def set_vision_reuse(self, settings: VisionReuse) -> None:
+        """Per-camera vision-token reuse (vision_reuse.py); clears the cached tokens."""
+        self._vision_cache.configure(settings)
 
     def memory_mb(self) -> dict[str, float]:
         """Measured weight memory (MiB) by part: llm, vision, perceiver, head, total."""
@@ -106,9 +124,9 @@ class DeerPolicy:
              decide: ExitDecider) -> StepResult:
         """One control step. Images are uint8 (H, W, 3) RGB of any size; see the module docstring."""
         t0 = time.perf_counter()
-        images = self.preprocess(static_rgb, gripper_rgb).to(self.device, self.model.compute_dtype)
-        t1 = self._now()
-        media = self.model.encode_vision(images)  # (1, 1, C*n, dv)
+        if self._prompt is not None and self._prompt.text != instruction:
+            self._vision_cache.clear()  # a new task: no tokens of the previous one's frames
+        media, t1, plans = self._media((static_rgb, gripper_rgb))  # (1, 1, C*n, dv)
         prompt = self._prompt_for(instruction)
         t2 = self._now()
 
@@ -147,9 +165,33 @@ class DeerPolicy:
         t4 = time.perf_counter()
         timings = {"preprocess": (t1 - t0) * 1e3, "vision": (t2 - t1) * 1e3, "llm": (t3 - t2 - head_s) * 1e3,
                    "head": head_s * 1e3, "total": (t4 - t0) * 1e3}
-        return StepResult(action, cand.index, cand.layers, prompt.cumulative_gflops[cand.layer], values, timings)
+        return StepResult(action, cand.index, cand.layers, prompt.cumulative_gflops[cand.layer], values, timings,
+                          tuple(p.reuse for p in plans), tuple(p.change for p in plans))
 
     # ------------------------------------------------------------------ internals
+    def _media(self, cameras: tuple[np.ndarray, ...]) -> tuple[torch.Tensor, float, list[CameraPlan]]:
+        """Media tokens of the cameras (static first), reusing cached ones where vision_reuse allows; also the
+        time preprocessing ended and the per-camera plans. With reuse off this is exactly the batched pass."""
+        plans = self._vision_cache.plan(cameras, CAMERA_NAMES)
+        fresh = [i for i, p in enumerate(plans) if not p.reuse]
+        encoded = None
+        if fresh:
+            images = self.preprocess(*(cameras[i] for i in fresh), names=tuple(CAMERA_NAMES[i] for i in fresh))
+            images = images.to(self.device, self.model.compute_dtype)
+            t1 = self._now()
+            encoded = self.model.encode_vision(images)  # (1, 1, len(fresh)*n, dv)
+        else:
+            t1 = self._now()
+        if not self._vision_cache.settings.enabled:
+            return encoded, t1, plans
+        tokens = dict(zip(fresh, encoded.chunk(len(fresh), dim=2))) if fresh else {}
+        for i, t in tokens.items():
+            self._vision_cache.store(i, plans[i], t)
+        if len(fresh) == len(cameras):
+            return encoded, t1, plans
+        parts = [tokens[i] if i in tokens else self._vision_cache.reused(i) for i in range(len(cameras))]
+        return torch.cat(parts, dim=2), t1, plans
+
     def _decode(self, feature: torch.Tensor) -> HeadOutput:
         """The shared head on one exit feature from the committed state (which it does not change)."""
         return self.model.head.step(feature, self._state)

@@ -86,6 +86,22 @@ POLICY_PARAMETERS: tuple[ParamSpec, ...] = (
               "model ran, to reproduce a slow model (of3b on a CPU) with the tiny one. 0 = off.", 0.0, 600.0,
               read_only=True),
 )
+# Vision-token reuse (deer_ros/model/vision_reuse.py), changeable at run time; off unless vision_reuse is true.
+VISION_REUSE_PARAMETERS: tuple[ParamSpec, ...] = (
+    ParamSpec("vision_reuse", bool, False, "Reuse a camera's vision tokens while its image has barely changed "
+              "since it was last encoded (saves that camera's ViT + perceiver). Off by default."),
+    ParamSpec("vision_reuse_threshold_static", float, 1.0, "Largest change of the static image (mean absolute "
+              "difference of a ~32x32 grayscale thumbnail, grey levels 0..255) that reuses its tokens; 0 = always "
+              "encode it.", 0.0, 255.0),
+    ParamSpec("vision_reuse_threshold_gripper", float, 0.0, "As vision_reuse_threshold_static, for the gripper "
+              "camera (it moves with the arm; 0 = always encode it).", 0.0, 255.0),
+    ParamSpec("vision_reuse_max_age_static", int, 3, "Most consecutive steps one static encoding is reused.",
+              0, 1000),
+    ParamSpec("vision_reuse_max_age_gripper", int, 3, "Most consecutive steps one gripper encoding is reused.",
+              0, 1000),
+)
+POLICY_PARAMETERS += VISION_REUSE_PARAMETERS
+VISION_REUSE_NAMES = frozenset(spec.name for spec in VISION_REUSE_PARAMETERS)
 _SPECS = {spec.name: spec for spec in POLICY_PARAMETERS}
 
 LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
@@ -109,6 +125,16 @@ def stamp_ns(stamp) -> int | None:
     if sec < 0 or not 0 <= nanosec < 1_000_000_000:
         return None
     return sec * 1_000_000_000 + nanosec
+
+
+def vision_reuse_settings(p: dict):
+    """The policy's VisionReuse from the node parameters (static, gripper)."""
+    from deer_ros.model.vision_reuse import CameraReuse, VisionReuse
+
+    if not p["vision_reuse"]:
+        return VisionReuse()
+    return VisionReuse(tuple(CameraReuse(p[f"vision_reuse_threshold_{camera}"], p[f"vision_reuse_max_age_{camera}"])
+                             for camera in (STATIC, GRIPPER)))
 
 
 def effective_budget(settings: dict, exit_gflops) -> tuple[dict, float | None]:
@@ -200,6 +226,7 @@ class DeerPolicyNode(LifecycleNode):
         except Exception as exc:  # noqa: BLE001 - e.g. IndexError from a file that is no checkpoint at all
             raise ValueError(f"checkpoint {checkpoint or 'bundled demo'} could not be loaded "
                              f"({type(exc).__name__}: {exc}): is it a deer_ros or DeeR checkpoint?") from None
+        policy.set_vision_reuse(vision_reuse_settings(p))
         settings = {k: p[k] for k in BUDGET_PARAMETERS}
         budget = ExitBudget.create(policy.exits, calibration, {**settings, "flops_budget": 0.0})
         reference = (budget.exit_gflops, budget.calibration)
@@ -397,6 +424,8 @@ class DeerPolicyNode(LifecycleNode):
             self._pairer.slop_ns = int(self._param("pair_slop_s") * 1e9)
         if names & {"max_image_pixels", "max_image_aspect"}:
             self._converter.limits = self._image_limits()
+        if names & VISION_REUSE_NAMES:
+            self._queue("vision_reuse", vision_reuse_settings(values(self, POLICY_PARAMETERS)))
         if names & set(BUDGET_PARAMETERS) and self._reference is not None:
             self._queue("budget", self._effective(self._budget_settings(), self._reference))
 
@@ -424,6 +453,10 @@ class DeerPolicyNode(LifecycleNode):
                     self._budget.apply(payload)
                     self._budget_report = self._budget.report()
                     self.get_logger().info(f"budget changed: {self._budget.describe()}")
+                    continue
+                if kind == "vision_reuse":
+                    self._policy.set_vision_reuse(payload)
+                    self.get_logger().info(f"vision reuse: {payload.describe((STATIC, GRIPPER))}")
                     continue
                 self._policy.reset()
                 self._counts["history_resets"] += 1
@@ -468,6 +501,8 @@ class DeerPolicyNode(LifecycleNode):
                 return
             result = self._policy.step(pair.static, pair.gripper, self._instruction, self._budget.decider)
             self._counts["steps"] += 1
+            for camera, reused in zip((STATIC, GRIPPER), result.vision_reused):
+                self._counts[f"vision_reused_{camera}"] += int(reused)
             self._stop.wait(self._param("simulated_step_delay_s"))
             if not np.all(np.isfinite(result.action)) or not np.isfinite(result.gflops):
                 self._counts["nonfinite_actions"] += 1
@@ -541,6 +576,8 @@ class DeerPolicyNode(LifecycleNode):
             if requested > float(self._budget_report.get("flops_budget", requested)):
                 kv["flops_budget_requested"] = f"{requested:g}"
                 kv["flops_budget_note"] = "above what the allowed exits can spend: every allowed exit runs"
+        if self._policy is not None:
+            kv["vision_reuse"] = self._policy.vision_reuse.describe((STATIC, GRIPPER))
         if self._duplicate_name:
             kv["duplicate_node_name"] = "true"
         if self._last_error:
