@@ -31,7 +31,7 @@ from deer_ros.exits.calibration import Calibration, collect_calibration
 from deer_ros.exits.controller import ExitBudget, ExitController, FixedExit
 from deer_ros.exits.criteria import DEFAULT_CRITERION
 from deer_ros.exits.solver import NEVER
-from deer_ros.model.policy import DeerPolicy, ExitCandidate, ExitDecider
+from deer_ros.model.policy import DeerPolicy, ExitCandidate, ExitDecider, ExitDecision
 
 
 @dataclass(frozen=True)
@@ -95,7 +95,7 @@ class StageTimer:
 
     def timed(self, decide: ExitDecider) -> ExitDecider:
         """`decide` with its own time counted as the 'criterion' stage."""
-        def wrapper(candidate: ExitCandidate) -> bool:
+        def wrapper(candidate: ExitCandidate) -> ExitDecision:
             t0 = time.perf_counter()
             stop = decide(candidate)
             self._totals["criterion"] += (time.perf_counter() - t0) * 1e3
@@ -233,7 +233,7 @@ def time_budgets(policy: DeerPolicy, calibration: Calibration, frames: Sequence[
         for s in range(warmup + steps):
             f = next(stream)
             r = policy.step(f.static, f.gripper, f.instruction, exit_budget.decider)
-            exit_budget.record(r.gflops)
+            exit_budget.record(r)
             if s >= warmup:
                 for key in ("llm", "total"):
                     got[key].append(r.timings_ms[key])

@@ -97,7 +97,7 @@ def run(policy: Any, segments: list[Segment], budget: ExitBudget, passes: int = 
             policy.reset()
             for static_rgb, gripper_rgb in frames:
                 result = policy.step(static_rgb, gripper_rgb, instruction, budget.decider)
-                budget.record(result.gflops)
+                budget.record(result)
                 gflops.append(float(result.gflops))
                 exits.append(int(result.exit_index))
     return {"gflops": np.array(gflops), "exits": np.array(exits)}

@@ -8,7 +8,8 @@ Per step:
   2. the instruction is tokenised once and cached (ids, <image> positions, ALiBi bias, per-layer cost) until it
      changes;
   3. layers run one at a time; at every built exit the shared head decodes a pose from the committed LSTM state
-     without committing, and `decide(candidate)` is asked whether to stop. The next exit continues from the
+     without committing, and `decide(candidate)` returns an `ExitDecision` (stop?, criterion value). The next
+     exit continues from the
      same hidden states, so no layer ever runs twice and exit k+1 reuses all the work of exit k;
   4. the LSTM state of the chosen exit's head call is committed (the reference re-runs the head on the chosen
      feature to get it; the result is identical, so we keep it instead of recomputing).
@@ -19,11 +20,11 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import torch
 
+from deer_ros.model.decision import ExitDecider, ExitDecision
 from deer_ros.model.deer import DeerModel
 from deer_ros.model.flops import exit_costs, layer_macs
 from deer_ros.model.head import HeadOutput, LSTMState
@@ -45,9 +46,9 @@ class ExitInfo:
     gflops: float  # cumulative LLM GFLOPs at this exit (paper convention: GMACs), typical prompt
 
 
-@dataclass
+@dataclass(frozen=True)
 class ExitCandidate:
-    """What an exit decider sees at each built exit, in order."""
+    """What an exit decider sees at each built exit, in order (satisfies decision.ExitView)."""
     index: int
     layer: int
     layers: int
@@ -56,10 +57,9 @@ class ExitCandidate:
     feature: torch.Tensor  # (d,) max-pooled exit feature
     prev_feature: torch.Tensor  # (d,)
     is_last: bool  # last allowed exit: the policy stops here whatever the decider says
-    value: float | None = None  # a decider may record its criterion value here; it ends up in StepResult.values
 
 
-ExitDecider = Callable[[ExitCandidate], bool]  # True = stop here
+__all__ = ["DeerPolicy", "ExitCandidate", "ExitDecider", "ExitDecision", "ExitInfo", "StepResult"]
 
 
 @dataclass
@@ -68,8 +68,13 @@ class StepResult:
     exit_index: int  # 1-based
     layers: int  # LLM layers run
     gflops: float  # LLM GFLOPs spent on this step (actual prompt length)
-    values: list[float] = field(default_factory=list)  # criterion values recorded by the decider, one per exit seen
+    values: list[float] = field(default_factory=list)  # the decisions' criterion values, one per exit seen
     timings_ms: dict = field(default_factory=dict)  # 'preprocess', 'vision', 'llm', 'head', 'total'
+    # per examined exit, for the online cost model (exits/costs.py): ms of the LLM layers run since the previous
+    # exit (the first includes the embedding), and ms of examining the exit (head decodes + the decider)
+    llm_ms: list[float] = field(default_factory=list)
+    exit_ms: list[float] = field(default_factory=list)
+    head_decodes: int = 0  # head calls this step: one per examined exit, plus the first exit's previous pose
     vision_reused: tuple[bool, ...] = ()  # per camera (static, gripper): cached tokens reused (vision_reuse.py)
     vision_change: tuple[float | None, ...] = ()  # per camera: change test score (grey levels), None = not tested
 
@@ -136,6 +141,10 @@ class DeerPolicy:
         prev_feature = model.pool(x) if exit_layers[0] == 0 else None
         prev_pose: torch.Tensor | None = None
         values: list[float] = []
+        llm_ms: list[float] = []
+        exit_ms: list[float] = []
+        decodes = 0
+        since = t2  # end of the previous exit's examination
         k = 0  # next exit to examine
         for i in range(exit_layers[-1] + 1):
             x = model.layer(i, x, media, prompt.media_locations, prompt.attn_bias)
@@ -144,17 +153,26 @@ class DeerPolicy:
             if i != exit_layers[k]:
                 continue
             feature = model.pool(x)  # (1, d)
-            th = time.perf_counter()
+            th = self._now()
             if prev_pose is None:
                 prev_pose = self._decode(prev_feature).pose[0, 0]
+                decodes += 1
             out = self._decode(feature)
+            decodes += 1
             head_s += time.perf_counter() - th
             is_last = k == len(exit_layers) - 1
             cand = ExitCandidate(k + 1, i, i + 1, out.pose[0, 0], prev_pose, feature[0], prev_feature[0], is_last)
-            stop = bool(decide(cand)) or is_last
-            if cand.value is not None:
-                values.append(float(cand.value))
-            if stop:
+            decision = decide(cand)
+            if not isinstance(decision, ExitDecision):
+                raise TypeError(f"exit decider {decide!r} returned {type(decision).__name__}, not an ExitDecision "
+                                "(deer_ros.model.decision): return ExitDecision(stop, value)")
+            if decision.value is not None:
+                values.append(float(decision.value))
+            done = self._now()
+            llm_ms.append((th - since) * 1e3)
+            exit_ms.append((done - th) * 1e3)
+            since = done
+            if decision.stop or is_last:
                 break
             prev_pose, prev_feature, k = cand.pose, feature, k + 1
         t3 = self._now()
@@ -166,7 +184,8 @@ class DeerPolicy:
         timings = {"preprocess": (t1 - t0) * 1e3, "vision": (t2 - t1) * 1e3, "llm": (t3 - t2 - head_s) * 1e3,
                    "head": head_s * 1e3, "total": (t4 - t0) * 1e3}
         return StepResult(action, cand.index, cand.layers, prompt.cumulative_gflops[cand.layer], values, timings,
-                          tuple(p.reuse for p in plans), tuple(p.change for p in plans))
+                          llm_ms, exit_ms, decodes, vision_reused=tuple(p.reuse for p in plans),
+                          vision_change=tuple(p.change for p in plans))
 
     # ------------------------------------------------------------------ internals
     def _media(self, cameras: tuple[np.ndarray, ...]) -> tuple[torch.Tensor, float, list[CameraPlan]]:

@@ -35,7 +35,8 @@ from std_srvs.srv import Trigger
 
 from deer_ros.exits import solver
 from deer_ros.exits.calibration import Calibration, CalibrationError, calibration_for
-from deer_ros.exits.controller import BudgetSettings, ExitBudget, refusal
+from deer_ros.exits.controller import LATENCY_FIELDS, MAX_LATENCY_MS, BudgetSettings, ExitBudget, refusal
+from deer_ros.exits.costs import CostTable
 from deer_ros.msg import EndEffectorAction, InstructionStatus
 from deer_ros.ros.image import ImageConverter, ImageError, ImageLimits
 from deer_ros.ros.node_main import run_node
@@ -43,7 +44,8 @@ from deer_ros.ros.pairing import GRIPPER, STATIC, Pair, StampPairer
 from deer_ros.ros.params import ParamSpec, check_changes, declare, values
 
 NODE_NAME = "deer_policy"
-BUDGET_PARAMETERS = ("flops_budget", "max_exit", "exit_ratio", "thresholds", "criterion", "budget_tracking")
+BUDGET_PARAMETERS = ("flops_budget", "max_exit", "exit_ratio", "thresholds", "criterion", "budget_tracking",
+                     "latency_budget_ms", "latency_cap_ms")
 MAX_FLOPS_BUDGET = 10000.0
 
 POLICY_PARAMETERS: tuple[ParamSpec, ...] = (
@@ -58,6 +60,13 @@ POLICY_PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("criterion", str, "action_consistency", "Exit criterion."),
     ParamSpec("budget_tracking", bool, True, "Correct thresholds online so the realised average GFLOPs "
               "follows flops_budget."),
+    ParamSpec("latency_budget_ms", float, 0.0, "Target average time (ms) from an image pair's arrival to its "
+              "action's publication, met by choosing the exit from the learned time cost of each exit; 0 = off. "
+              "With flops_budget also set, the tighter binds. Below the learned cost of exit 1 is refused.",
+              0.0, MAX_LATENCY_MS),
+    ParamSpec("latency_cap_ms", float, 0.0, "Peak form: the deepest exit allowed is the deepest whose learned "
+              "(median) cost fits in this many ms; 0 = off. Caps the typical step, not every step's jitter.",
+              0.0, MAX_LATENCY_MS),
     ParamSpec("model", str, "tiny", "Model preset.", choices=("tiny", "of3b", "of9b"), read_only=True),
     ParamSpec("checkpoint", str, "", "Checkpoint file; '' = the bundled tiny demo checkpoint.", read_only=True),
     ParamSpec("calibration", str, "", "Calibration file for the threshold solver; '' = the one bundled with "
@@ -170,6 +179,8 @@ class DeerPolicyNode(LifecycleNode):
         self._instruction_sequence = 0
         self._processed: OrderedDict = OrderedDict()
         self._budget_report: dict[str, str] = {}
+        self._cost_table: CostTable | None = None  # the worker's latest snapshot, for the parameter callbacks
+        self._latency_note = ""
         self._active = False
         self._worker: threading.Thread | None = None
         self._stop = threading.Event()
@@ -236,6 +247,7 @@ class DeerPolicyNode(LifecycleNode):
         with self._model_lock:
             self._policy, self._budget, self._reference = policy, budget, reference
             self._budget_report = budget.report()
+            self._cost_table = budget.cost_table()
         self._advertise_ranges(reference)
         self._action_pub = self.create_lifecycle_publisher(EndEffectorAction, "action", 10)
         self._io = [
@@ -334,6 +346,7 @@ class DeerPolicyNode(LifecycleNode):
         return ImageLimits(max_pixels=self._param("max_image_pixels"), max_aspect=self._param("max_image_aspect"))
 
     def _on_image(self, camera: str, msg: Image) -> None:
+        arrived_ns = time.monotonic_ns()  # before conversion: latency_budget_ms counts it
         stamp = stamp_ns(msg.header.stamp)
         try:
             if stamp is None:
@@ -348,7 +361,7 @@ class DeerPolicyNode(LifecycleNode):
         now = self.get_clock().now().nanoseconds
         self._last_image_ns[camera] = now
         self._counts[f"{camera}_images"] += 1
-        if self._pairer.add(camera, stamp, rgb, time.monotonic_ns(), msg.header.frame_id):
+        if self._pairer.add(camera, stamp, rgb, arrived_ns, msg.header.frame_id):
             self.get_logger().warning("both cameras went back in time (simulator reset?): history cleared")
 
     def _on_instruction(self, msg: String) -> None:
@@ -413,7 +426,10 @@ class DeerPolicyNode(LifecycleNode):
             else:
                 settings = self._budget_settings(params)
                 effective, _ = effective_budget(settings, reference[0])
-                reason = refusal(BudgetSettings(), effective, reference[0], reference[1])
+                # a time budget is checked against the worker's latest cost snapshot (no model lock here); one
+                # that the costs no longer meet is refused only when it is the one being set
+                reason = refusal(BudgetSettings(), effective, reference[0], reference[1], costs=self._cost_table,
+                                 refuse_unmet=bool(set(budget_names) & set(LATENCY_FIELDS)))
                 if reason and effective["flops_budget"] != settings["flops_budget"]:
                     reason += f" (flops_budget {settings['flops_budget']:g} runs every allowed exit)"
         return SetParametersResult(successful=reason is None, reason=reason or "")
@@ -453,6 +469,7 @@ class DeerPolicyNode(LifecycleNode):
                     self._budget.apply(payload)
                     self._budget_report = self._budget.report()
                     self.get_logger().info(f"budget changed: {self._budget.describe()}")
+                    self._log_latency_note()
                     continue
                 if kind == "vision_reuse":
                     self._policy.set_vision_reuse(payload)
@@ -510,8 +527,6 @@ class DeerPolicyNode(LifecycleNode):
                 self._last_error = "the model produced NaN/Inf: action not published"
                 self.get_logger().error(self._last_error, throttle_duration_sec=2.0)
                 return
-            self._budget.record(result.gflops)
-            self._budget_report = self._budget.report()
             budget = self._budget.flops_budget
         msg = EndEffectorAction()
         msg.header.stamp = Time(nanoseconds=pair.stamp_ns).to_msg()
@@ -520,14 +535,30 @@ class DeerPolicyNode(LifecycleNode):
         msg.translation, msg.rotation, msg.gripper = action[0:3], action[3:6], float(action[6])
         msg.exit_index, msg.layers, msg.gflops = int(result.exit_index), int(result.layers), float(result.gflops)
         msg.flops_budget = float(budget)
-        latency_ms = (time.monotonic_ns() - pair.received_ns) / 1e6
-        msg.latency_ms = float(latency_ms)
+        msg.latency_ms = float((time.monotonic_ns() - pair.received_ns) / 1e6)
         self._action_pub.publish(msg)
+        latency_ms = (time.monotonic_ns() - pair.received_ns) / 1e6  # arrival -> publish, for the cost model
         self._counts["actions"] += 1
         self._last_action_ns = time.monotonic_ns()
         self._exit_hist[result.exit_index] += 1
         self._latency_ms.append(latency_ms)
         self._overhead_ms.append(latency_ms - float(result.timings_ms.get("total", 0.0)))
+        with self._model_lock:
+            if self._budget is not None:  # cleanup may have freed it meanwhile
+                self._budget.record(result, latency_ms)  # thresholds for the next step
+                self._budget_report = self._budget.report()
+                self._cost_table = self._budget.cost_table()
+                self._log_latency_note()
+
+    def _log_latency_note(self) -> None:
+        """Log when a latency setting stops or starts being met (the costs moved), once per change."""
+        note = self._budget.latency_note
+        if note != self._latency_note:
+            if "cannot be met" in note:
+                self.get_logger().warning(note)
+            elif "cannot be met" in self._latency_note:
+                self.get_logger().info(f"latency budget met again: {self._budget.describe()}")
+            self._latency_note = note
 
     def _fresh(self, pair: Pair) -> bool:
         """Whether the pair's stamp fits the node clock; a mismatch is counted and explained (throttled)."""
@@ -582,6 +613,8 @@ class DeerPolicyNode(LifecycleNode):
             kv["duplicate_node_name"] = "true"
         if self._last_error:
             kv["last_error"] = self._last_error
+        if "cannot be met" in self._budget_report.get("latency_note", ""):
+            status.level = max(status.level, DiagnosticStatus.WARN)
         if self._calibration_warning:  # the calibration belongs to another checkpoint
             kv["calibration_warning"] = self._calibration_warning
             status.level = max(status.level, DiagnosticStatus.WARN)

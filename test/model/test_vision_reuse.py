@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from deer_ros.model.decision import CONTINUE
 from deer_ros.model.policy import DeerPolicy
 from deer_ros.model.vision_reuse import CameraReuse, VisionReuse
 
@@ -11,7 +12,7 @@ from model_fixtures import tiny_model
 
 INSTRUCTION = "pick up the red block"
 OFF_CAMERA = CameraReuse()
-LAST_EXIT = lambda c: False  # noqa: E731 - run to the last exit: the action then depends on every layer
+LAST_EXIT = lambda c: CONTINUE  # noqa: E731 - run to the last exit: the action then depends on every layer
 
 
 def reuse_both(threshold: float = 3.0, max_age: int = 5) -> VisionReuse:
