@@ -68,7 +68,7 @@ def run(policy: Any, segments: list[ReplaySegment], budget: ExitBudget, passes: 
     """Drive the policy over the segments under `budget`; realised GFLOPs and exits per step."""
     gflops, exits = [], []
     for step in replay(policy, segments, budget.decider, passes):
-        budget.record(step.result.gflops)
+        budget.record(step.result)
         gflops.append(float(step.result.gflops))
         exits.append(int(step.result.exit_index))
     return {"gflops": np.array(gflops), "exits": np.array(exits)}

@@ -7,6 +7,8 @@ is downloaded); images and instructions are real CALVIN frames from the bundled 
     deer-ros bench                      tiny and of3b on the CPU in fp32, with the ROS benchmarks
     deer-ros bench --quick --skip-ros   tiny only, a few steps (well under a minute)
     deer-ros bench --targets cpu:fp32,cuda:fp16,cuda:bf16    also on a GPU
+    deer-ros bench latency --help       latency_budget_ms: realised vs target, recovery under CPU load
+    deer-ros bench reuse --help         vision-token reuse: action error and time saved on recorded data
 """
 from __future__ import annotations
 
@@ -325,9 +327,17 @@ def _run(opts: Options) -> dict:
     return results
 
 
+SUBCOMMANDS = {"latency": "deer_ros.bench.latency", "reuse": "deer_ros.bench.vision_reuse"}
+
+
 def bench_main(argv: list[str] | None = None) -> int:
     from deer_ros.bench.report import write_report
 
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in SUBCOMMANDS:  # `deer-ros bench latency ...`: its own options
+        import importlib
+
+        return int(importlib.import_module(SUBCOMMANDS[argv[0]]).main(argv[1:]) or 0)
     opts, print_json, render = parse_options(argv)
     t0 = time.perf_counter()
     try:

@@ -33,7 +33,7 @@ from deer_ros.exits.calibration import Calibration, collect_calibration
 from deer_ros.exits.controller import ExitBudget, ExitController, FixedExit
 from deer_ros.exits.criteria import DEFAULT_CRITERION
 from deer_ros.exits.solver import NEVER
-from deer_ros.model.policy import DeerPolicy, ExitCandidate, ExitDecider
+from deer_ros.model.policy import DeerPolicy, ExitCandidate, ExitDecider, ExitDecision
 
 
 NO_ACTION = np.zeros(7, dtype=np.float32)  # benchmark frames are only stepped on, never scored
@@ -100,7 +100,7 @@ class StageTimer:
 
     def timed(self, decide: ExitDecider) -> ExitDecider:
         """`decide` with its own time counted as the 'criterion' stage."""
-        def wrapper(candidate: ExitCandidate) -> bool:
+        def wrapper(candidate: ExitCandidate) -> ExitDecision:
             t0 = time.perf_counter()
             stop = decide(candidate)
             self._totals["criterion"] += (time.perf_counter() - t0) * 1e3
@@ -244,7 +244,7 @@ def time_budgets(policy: DeerPolicy, calibration: Calibration, frames: Sequence[
         got: dict[str, list[float]] = defaultdict(list)
         for s, step in enumerate(islice(replay(policy, segments, exit_budget.decider, passes=None), warmup + steps)):
             r = step.result
-            exit_budget.record(r.gflops)
+            exit_budget.record(r)
             if s >= warmup:
                 for key in ("llm", "total"):
                     got[key].append(r.timings_ms[key])

@@ -33,6 +33,7 @@ import numpy as np
 from deer_ros.calvin.replay import ReplaySegment, load_segments, replay
 from deer_ros.exits.criteria import CRITERIA, get_criterion
 from deer_ros.exits.solver import OURS, SolverRule
+from deer_ros.model.decision import CONTINUE, ExitDecision, ExitView
 from deer_ros.model.fingerprint import checkpoint_fingerprint, file_sha256  # noqa: F401 - file_sha256 re-exported
 from deer_ros.paths import MODEL_CALIBRATION_FILE, MODEL_CONFIG_FILE
 
@@ -213,9 +214,9 @@ class _RecordAll:
         self.criteria = {name: get_criterion(name) for name in criteria}
         self.rows: list[list[float]] = []  # per examined exit of the current step: one value per criterion
 
-    def __call__(self, candidate: Any) -> bool:
+    def __call__(self, candidate: ExitView) -> ExitDecision:
         self.rows.append([fn(candidate) for fn in self.criteria.values()])
-        return False  # the policy still stops at the last allowed exit
+        return CONTINUE  # the policy still stops at the last allowed exit
 
     def take(self) -> list[list[float]]:
         rows, self.rows = self.rows, []

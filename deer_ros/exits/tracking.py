@@ -1,10 +1,12 @@
-"""Budget tracking: keep the realised average LLM GFLOPs at the requested budget on data the calibration never saw.
+"""Budget tracking: keep the realised average cost at the requested budget on data the calibration never saw.
 
-Thresholds solved on calibration data meet the budget there, but the robot's world (scenes, instructions,
-prompt lengths) shifts the criterion values, so the realised average drifts. The tracker closes the loop with an
-integral controller on the budget handed to the solver:
+The cost is LLM GFLOPs for flops_budget and arrival->publish milliseconds for latency_budget_ms: one tracker
+each, the same rule. Thresholds solved on calibration data meet the budget there, but the robot's world
+(scenes, instructions, prompt lengths) shifts the criterion values, and the learned time costs are medians, not
+means, so the realised average drifts. The tracker closes the loop with an integral controller on the budget
+handed to the solver:
 
-    c  <- c + gain * (budget - realised GFLOPs of this step) / budget      (relative correction)
+    c  <- c + gain * (budget - realised cost of this step) / budget        (relative correction)
     target = clip(budget * (1 + c), cheapest exit, cap exit)               (re-solved by the caller)
 
 The correction c is the accumulated relative error, so the running mean error is -c / (gain * steps): it shrinks
@@ -18,7 +20,7 @@ import numpy as np
 
 
 class BudgetTracker:
-    """Integral correction of the budget handed to the solver, from each step's realised GFLOPs."""
+    """Integral correction of the budget handed to the solver, from each step's realised cost (GFLOPs or ms)."""
 
     def __init__(self, budget: float, lo: float, hi: float, gain: float = 0.1) -> None:
         if not gain > 0:
@@ -30,9 +32,9 @@ class BudgetTracker:
         self.set_limits(lo, hi)
 
     def set_budget(self, budget: float) -> None:
-        """A new budget (GFLOPs > 0); the learned relative correction is kept."""
+        """A new budget (> 0); the learned relative correction is kept."""
         if not (np.isfinite(budget) and budget > 0):
-            raise ValueError(f"budget must be a positive number of GFLOPs, got {budget}")
+            raise ValueError(f"budget must be a positive number, got {budget}")
         self.budget = float(budget)
         self._clip()
 
@@ -46,14 +48,14 @@ class BudgetTracker:
 
     @property
     def target(self) -> float:
-        """The budget to hand to the solver (realised GFLOPs)."""
+        """The budget to hand to the solver (realised units)."""
         return self.budget * (1.0 + self.correction)
 
-    def record(self, gflops: float) -> float:
-        """Account one step's realised GFLOPs; return the new target."""
-        if not np.isfinite(gflops) or gflops < 0:
-            raise ValueError(f"realised GFLOPs must be a finite number >= 0, got {gflops}")
-        self.correction += self.gain * (self.budget - gflops) / self.budget
+    def record(self, cost: float) -> float:
+        """Account one step's realised cost; return the new target."""
+        if not np.isfinite(cost) or cost < 0:
+            raise ValueError(f"realised cost must be a finite number >= 0, got {cost}")
+        self.correction += self.gain * (self.budget - cost) / self.budget
         self._clip()
         return self.target
 

@@ -34,7 +34,8 @@ from std_srvs.srv import Trigger
 
 from deer_ros.exits import solver
 from deer_ros.exits.calibration import Calibration, CalibrationError, calibration_for
-from deer_ros.exits.controller import BudgetSettings, ExitBudget, refusal
+from deer_ros.exits.controller import LATENCY_FIELDS, MAX_LATENCY_MS, BudgetSettings, ExitBudget, refusal
+from deer_ros.exits.costs import CostTable
 from deer_ros.msg import EndEffectorAction, InstructionStatus
 from deer_ros.ros.image import ImageConverter, ImageError, ImageLimits
 from deer_ros.ros.node_main import run_node
@@ -44,7 +45,8 @@ from deer_ros.ros.qos import LATCHED, SENSOR
 from deer_ros.ros.stamps import stamp_ns
 
 NODE_NAME = "deer_policy"
-BUDGET_PARAMETERS = ("flops_budget", "max_exit", "exit_ratio", "thresholds", "criterion", "budget_tracking")
+BUDGET_PARAMETERS = ("flops_budget", "max_exit", "exit_ratio", "thresholds", "criterion", "budget_tracking",
+                     "latency_budget_ms", "latency_cap_ms")
 MAX_FLOPS_BUDGET = 10000.0
 
 POLICY_PARAMETERS: tuple[ParamSpec, ...] = (
@@ -59,6 +61,13 @@ POLICY_PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("criterion", str, "action_consistency", "Exit criterion."),
     ParamSpec("budget_tracking", bool, True, "Correct thresholds online so the realised average GFLOPs "
               "follows flops_budget."),
+    ParamSpec("latency_budget_ms", float, 0.0, "Target average time (ms) from an image pair's arrival to its "
+              "action's publication, met by choosing the exit from the learned time cost of each exit; 0 = off. "
+              "With flops_budget also set, the tighter binds. Below the learned cost of exit 1 is refused.",
+              0.0, MAX_LATENCY_MS),
+    ParamSpec("latency_cap_ms", float, 0.0, "Peak form: the deepest exit allowed is the deepest whose learned "
+              "(median) cost fits in this many ms; 0 = off. Caps the typical step, not every step's jitter.",
+              0.0, MAX_LATENCY_MS),
     ParamSpec("model", str, "tiny", "Model preset.", choices=("tiny", "of3b", "of9b"), read_only=True),
     ParamSpec("checkpoint", str, "", "Checkpoint file; '' = the bundled tiny demo checkpoint.", read_only=True),
     ParamSpec("calibration", str, "", "Calibration file for the threshold solver; '' = the one bundled with "
@@ -87,6 +96,22 @@ POLICY_PARAMETERS: tuple[ParamSpec, ...] = (
               "model ran, to reproduce a slow model (of3b on a CPU) with the tiny one. 0 = off.", 0.0, 600.0,
               read_only=True),
 )
+# Vision-token reuse (deer_ros/model/vision_reuse.py), changeable at run time; off unless vision_reuse is true.
+VISION_REUSE_PARAMETERS: tuple[ParamSpec, ...] = (
+    ParamSpec("vision_reuse", bool, False, "Reuse a camera's vision tokens while its image has barely changed "
+              "since it was last encoded (saves that camera's ViT + perceiver). Off by default."),
+    ParamSpec("vision_reuse_threshold_static", float, 1.0, "Largest change of the static image (mean absolute "
+              "difference of a ~32x32 grayscale thumbnail, grey levels 0..255) that reuses its tokens; 0 = always "
+              "encode it.", 0.0, 255.0),
+    ParamSpec("vision_reuse_threshold_gripper", float, 0.0, "As vision_reuse_threshold_static, for the gripper "
+              "camera (it moves with the arm; 0 = always encode it).", 0.0, 255.0),
+    ParamSpec("vision_reuse_max_age_static", int, 3, "Most consecutive steps one static encoding is reused.",
+              0, 1000),
+    ParamSpec("vision_reuse_max_age_gripper", int, 3, "Most consecutive steps one gripper encoding is reused.",
+              0, 1000),
+)
+POLICY_PARAMETERS += VISION_REUSE_PARAMETERS
+VISION_REUSE_NAMES = frozenset(spec.name for spec in VISION_REUSE_PARAMETERS)
 _SPECS = {spec.name: spec for spec in POLICY_PARAMETERS}
 
 _PROCESSED_MEMORY = 1024  # observations remembered for "one action per observation"
@@ -101,6 +126,16 @@ def visible(text: str) -> bool:
 
 def shown(text: str) -> str:
     return text if len(text) <= _SHOWN_CHARS else f"{text[:_SHOWN_CHARS]}... ({len(text)} chars)"
+
+
+def vision_reuse_settings(p: dict):
+    """The policy's VisionReuse from the node parameters (static, gripper)."""
+    from deer_ros.model.vision_reuse import CameraReuse, VisionReuse
+
+    if not p["vision_reuse"]:
+        return VisionReuse()
+    return VisionReuse(tuple(CameraReuse(p[f"vision_reuse_threshold_{camera}"], p[f"vision_reuse_max_age_{camera}"])
+                             for camera in (STATIC, GRIPPER)))
 
 
 def effective_budget(settings: dict, exit_gflops) -> tuple[dict, float | None]:
@@ -136,6 +171,8 @@ class DeerPolicyNode(LifecycleNode):
         self._instruction_sequence = 0
         self._processed: OrderedDict = OrderedDict()
         self._budget_report: dict[str, str] = {}
+        self._cost_table: CostTable | None = None  # the worker's latest snapshot, for the parameter callbacks
+        self._latency_note = ""
         self._active = False
         self._worker: threading.Thread | None = None
         self._stop = threading.Event()
@@ -192,6 +229,7 @@ class DeerPolicyNode(LifecycleNode):
         except Exception as exc:  # noqa: BLE001 - e.g. IndexError from a file that is no checkpoint at all
             raise ValueError(f"checkpoint {checkpoint or 'bundled demo'} could not be loaded "
                              f"({type(exc).__name__}: {exc}): is it a deer_ros or DeeR checkpoint?") from None
+        policy.set_vision_reuse(vision_reuse_settings(p))
         settings = {k: p[k] for k in BUDGET_PARAMETERS}
         budget = ExitBudget.create(policy.exits, calibration, {**settings, "flops_budget": 0.0})
         reference = (budget.exit_gflops, budget.calibration)
@@ -201,6 +239,7 @@ class DeerPolicyNode(LifecycleNode):
         with self._model_lock:
             self._policy, self._budget, self._reference = policy, budget, reference
             self._budget_report = budget.report()
+            self._cost_table = budget.cost_table()
         self._advertise_ranges(reference)
         self._action_pub = self.create_lifecycle_publisher(EndEffectorAction, "action", 10)
         self._io = [
@@ -299,6 +338,7 @@ class DeerPolicyNode(LifecycleNode):
         return ImageLimits(max_pixels=self._param("max_image_pixels"), max_aspect=self._param("max_image_aspect"))
 
     def _on_image(self, camera: str, msg: Image) -> None:
+        arrived_ns = time.monotonic_ns()  # before conversion: latency_budget_ms counts it
         stamp = stamp_ns(msg.header.stamp)
         try:
             if stamp is None:
@@ -313,7 +353,7 @@ class DeerPolicyNode(LifecycleNode):
         now = self.get_clock().now().nanoseconds
         self._last_image_ns[camera] = now
         self._counts[f"{camera}_images"] += 1
-        if self._pairer.add(camera, stamp, rgb, time.monotonic_ns(), msg.header.frame_id):
+        if self._pairer.add(camera, stamp, rgb, arrived_ns, msg.header.frame_id):
             self.get_logger().warning("both cameras went back in time (simulator reset?): history cleared")
 
     def _on_instruction(self, msg: String) -> None:
@@ -378,7 +418,10 @@ class DeerPolicyNode(LifecycleNode):
             else:
                 settings = self._budget_settings(params)
                 effective, _ = effective_budget(settings, reference[0])
-                reason = refusal(BudgetSettings(), effective, reference[0], reference[1])
+                # a time budget is checked against the worker's latest cost snapshot (no model lock here); one
+                # that the costs no longer meet is refused only when it is the one being set
+                reason = refusal(BudgetSettings(), effective, reference[0], reference[1], costs=self._cost_table,
+                                 refuse_unmet=bool(set(budget_names) & set(LATENCY_FIELDS)))
                 if reason and effective["flops_budget"] != settings["flops_budget"]:
                     reason += f" (flops_budget {settings['flops_budget']:g} runs every allowed exit)"
         return SetParametersResult(successful=reason is None, reason=reason or "")
@@ -389,6 +432,8 @@ class DeerPolicyNode(LifecycleNode):
             self._pairer.slop_ns = int(self._param("pair_slop_s") * 1e9)
         if names & {"max_image_pixels", "max_image_aspect"}:
             self._converter.limits = self._image_limits()
+        if names & VISION_REUSE_NAMES:
+            self._queue("vision_reuse", vision_reuse_settings(values(self, POLICY_PARAMETERS)))
         if names & set(BUDGET_PARAMETERS) and self._reference is not None:
             self._queue("budget", self._effective(self._budget_settings(), self._reference))
 
@@ -416,6 +461,11 @@ class DeerPolicyNode(LifecycleNode):
                     self._budget.apply(payload)
                     self._budget_report = self._budget.report()
                     self.get_logger().info(f"budget changed: {self._budget.describe()}")
+                    self._log_latency_note()
+                    continue
+                if kind == "vision_reuse":
+                    self._policy.set_vision_reuse(payload)
+                    self.get_logger().info(f"vision reuse: {payload.describe((STATIC, GRIPPER))}")
                     continue
                 self._policy.reset()
                 self._counts["history_resets"] += 1
@@ -460,6 +510,8 @@ class DeerPolicyNode(LifecycleNode):
                 return
             result = self._policy.step(pair.static, pair.gripper, self._instruction, self._budget.decider)
             self._counts["steps"] += 1
+            for camera, reused in zip((STATIC, GRIPPER), result.vision_reused):
+                self._counts[f"vision_reused_{camera}"] += int(reused)
             self._stop.wait(self._param("simulated_step_delay_s"))
             if not np.all(np.isfinite(result.action)) or not np.isfinite(result.gflops):
                 self._counts["nonfinite_actions"] += 1
@@ -467,8 +519,6 @@ class DeerPolicyNode(LifecycleNode):
                 self._last_error = "the model produced NaN/Inf: action not published"
                 self.get_logger().error(self._last_error, throttle_duration_sec=2.0)
                 return
-            self._budget.record(result.gflops)
-            self._budget_report = self._budget.report()
             budget = self._budget.flops_budget
         msg = EndEffectorAction()
         msg.header.stamp = Time(nanoseconds=pair.stamp_ns).to_msg()
@@ -478,14 +528,30 @@ class DeerPolicyNode(LifecycleNode):
         msg.exit_index, msg.layers, msg.gflops = int(result.exit_index), int(result.layers), float(result.gflops)
         msg.flops_budget = float(budget)
         msg.criterion_values = [float(v) for v in result.values]
-        latency_ms = (time.monotonic_ns() - pair.received_ns) / 1e6
-        msg.latency_ms = float(latency_ms)
+        msg.latency_ms = float((time.monotonic_ns() - pair.received_ns) / 1e6)
         self._action_pub.publish(msg)
+        latency_ms = (time.monotonic_ns() - pair.received_ns) / 1e6  # arrival -> publish, for the cost model
         self._counts["actions"] += 1
         self._last_action_ns = time.monotonic_ns()
         self._exit_hist[result.exit_index] += 1
         self._latency_ms.append(latency_ms)
         self._overhead_ms.append(latency_ms - float(result.timings_ms.get("total", 0.0)))
+        with self._model_lock:
+            if self._budget is not None:  # cleanup may have freed it meanwhile
+                self._budget.record(result, latency_ms)  # thresholds for the next step
+                self._budget_report = self._budget.report()
+                self._cost_table = self._budget.cost_table()
+                self._log_latency_note()
+
+    def _log_latency_note(self) -> None:
+        """Log when a latency setting stops or starts being met (the costs moved), once per change."""
+        note = self._budget.latency_note
+        if note != self._latency_note:
+            if "cannot be met" in note:
+                self.get_logger().warning(note)
+            elif "cannot be met" in self._latency_note:
+                self.get_logger().info(f"latency budget met again: {self._budget.describe()}")
+            self._latency_note = note
 
     def _fresh(self, pair: Pair) -> bool:
         """Whether the pair's stamp fits the node clock; a mismatch is counted and explained (throttled)."""
@@ -534,10 +600,14 @@ class DeerPolicyNode(LifecycleNode):
             if requested > float(self._budget_report.get("flops_budget", requested)):
                 kv["flops_budget_requested"] = f"{requested:g}"
                 kv["flops_budget_note"] = "above what the allowed exits can spend: every allowed exit runs"
+        if self._policy is not None:
+            kv["vision_reuse"] = self._policy.vision_reuse.describe((STATIC, GRIPPER))
         if self._duplicate_name:
             kv["duplicate_node_name"] = "true"
         if self._last_error:
             kv["last_error"] = self._last_error
+        if "cannot be met" in self._budget_report.get("latency_note", ""):
+            status.level = max(status.level, DiagnosticStatus.WARN)
         if self._calibration_warning:  # the calibration belongs to another checkpoint
             kv["calibration_warning"] = self._calibration_warning
             status.level = max(status.level, DiagnosticStatus.WARN)

@@ -1,6 +1,7 @@
 """Shared helpers for the exits tests: candidates with the ExitCandidate fields, synthetic calibration values."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from types import SimpleNamespace
 
 import numpy as np
@@ -23,6 +24,17 @@ def valued(index: int, value: float, is_last: bool = False):
     return candidate(index, np.full(6, value), np.zeros(6), is_last=is_last)
 
 
+@dataclass(frozen=True)
+class Step:
+    """The fields of a StepResult the budget and the cost model read (kept model-free like `candidate`)."""
+
+    exit_index: int
+    gflops: float
+    llm_ms: tuple[float, ...] = ()
+    exit_ms: tuple[float, ...] = ()
+    head_decodes: int = 0
+
+
 def synthetic_values(rng: np.random.Generator, n_exits: int, n: int, scale: float = 1.0) -> np.ndarray:
     """(n_exits, n) positive continuous values shaped like DeeR's: the first exit's are a few times larger."""
     v = rng.gamma(2.0, 0.01 * scale, size=(n_exits, n))
@@ -34,6 +46,6 @@ def run_decider(decider, values: np.ndarray, i: int) -> int:
     """Step a decider through the exits of sample i (values: (n_exits, N)); the 0-based exit it stops at."""
     n = values.shape[0]
     for k in range(n):
-        if decider(valued(k + 1, values[k, i], is_last=k == n - 1)) or k == n - 1:
+        if decider(valued(k + 1, values[k, i], is_last=k == n - 1)).stop or k == n - 1:
             return k
     raise AssertionError("unreachable")

@@ -61,11 +61,11 @@ def test_deciders_drive_the_real_policy(policy, split):
     never = ExitController("action_consistency", [-1.0] * n)
     policy.reset()
     result = policy.step(frame.rgb_static, frame.rgb_gripper, "pick up the block", never)
-    assert result.exit_index == n and len(result.values) == n  # values reach StepResult through the candidate
+    assert result.exit_index == n and len(result.values) == n  # one decision value per examined exit
     always = ExitController("action_consistency", [1e8] * n)
     policy.reset()
     result = policy.step(frame.rgb_static, frame.rgb_gripper, "pick up the block", always)
-    assert result.exit_index == 1 and result.values == always.values
+    assert result.exit_index == 1 and len(result.values) == 1
     capped = ExitController("action_consistency", [-1.0] * n, max_exit=2)
     assert policy.step(frame.rgb_static, frame.rgb_gripper, "pick up the block", capped).exit_index == 2
 

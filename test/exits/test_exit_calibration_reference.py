@@ -10,6 +10,7 @@ from deer_ros.exits.calibration import CalibrationError
 from deer_ros.exits.calibration_reference import (ReferenceProtocol, choose_windows, collect_reference_calibration,
                                                   random_shift)
 from deer_ros.model.config import DeerConfig
+from deer_ros.model.decision import CONTINUE
 from deer_ros.model.deer import build_model
 from deer_ros.model.policy import DeerPolicy
 from deer_ros.model.tokenizer import load_tokenizer
@@ -63,7 +64,7 @@ def test_reference_collection_counts_positions_and_is_seeded(policy):
     a = collect_reference_calibration(policy, split, protocol, ["action_consistency"], select="0")
     assert a.n_exits == 3 and a.n_samples == a.meta["windows"] * 6  # positions 5..10
     assert a.meta["solver"] == {"counting": "floor", "skip_first_exit": False} and a.meta["pads_px"] == [3, 1]
-    policy.step(np.zeros((64, 64, 3), np.uint8), np.zeros((64, 64, 3), np.uint8), "go", lambda c: False)
+    policy.step(np.zeros((64, 64, 3), np.uint8), np.zeros((64, 64, 3), np.uint8), "go", lambda c: CONTINUE)
     b = collect_reference_calibration(policy, split, protocol, ["action_consistency"], select="0")
     np.testing.assert_array_equal(a.values["action_consistency"], b.values["action_consistency"])  # zero state
     c = collect_reference_calibration(policy, split, ReferenceProtocol(data_percent=0.05, seed=1),
@@ -85,6 +86,6 @@ def test_without_augmentation_or_history_it_matches_a_policy_step_from_a_zero_st
         policy.reset()
         rec = []
         policy.step(f.rgb_static, f.rgb_gripper, seg.instruction, lambda c, rec=rec: rec.append(
-            float(torch.sqrt(torch.mean((c.pose - c.prev_pose) ** 2)))) or False)
+            float(torch.sqrt(torch.mean((c.pose - c.prev_pose) ** 2)))) or CONTINUE)
         seen.append(rec)
     np.testing.assert_allclose(cal.values["action_consistency"][:, 0::2], np.array(seen).T, rtol=1e-4, atol=1e-6)

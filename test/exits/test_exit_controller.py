@@ -8,7 +8,8 @@ from deer_ros.exits import solver
 from deer_ros.exits.calibration import Calibration
 from deer_ros.exits.controller import (BudgetError, BudgetSettings, ExitBudget, ExitController, FixedExit,
                                        refusal, resolve_budget)
-from exits_helpers import GFLOPS_3B, LAYERS_3B, run_decider, synthetic_values, valued
+from deer_ros.model.decision import ExitDecision
+from exits_helpers import GFLOPS_3B, LAYERS_3B, Step, run_decider, synthetic_values, valued
 
 
 @pytest.fixture
@@ -22,25 +23,22 @@ def calibration():
 # ------------------------------------------------------------------------------------------ deciders
 def test_fixed_exit_stops_at_k():
     decide = FixedExit(3)
-    assert [decide(valued(i, 0.0)) for i in (1, 2, 3, 4)] == [False, False, True, True]
+    assert [decide(valued(i, 0.0)) for i in (1, 2, 3, 4)] == [ExitDecision(s) for s in (False, False, True, True)]
     with pytest.raises(ValueError, match="1-based exit index"):
         FixedExit(0)
 
 
-def test_controller_stops_at_the_first_value_under_its_threshold_and_records_values():
+def test_controller_stops_at_the_first_value_under_its_threshold_and_returns_the_value():
     c = ExitController("action_consistency", [0.1, 0.2, 0.3, solver.ALWAYS])
-    assert c(valued(1, 0.15)) is False
-    assert c(valued(2, 0.25)) is False
-    assert c(valued(3, 0.3)) is True  # <= fires, as in the reference (leq)
-    assert c.values == pytest.approx([0.15, 0.25, 0.3])
-    assert c(valued(1, 0.05)) is True
-    assert c.values == pytest.approx([0.05])  # a new step starts a new list
+    decisions = [c(valued(1, 0.15)), c(valued(2, 0.25)), c(valued(3, 0.3))]
+    assert [d.stop for d in decisions] == [False, False, True]  # <= fires, as in the reference (leq)
+    assert [d.value for d in decisions] == pytest.approx([0.15, 0.25, 0.3])
 
 
 def test_controller_cap_forces_a_stop():
     c = ExitController("action_consistency", [solver.NEVER] * 6, max_exit=2)
-    assert c(valued(1, 0.0)) is False
-    assert c(valued(2, 0.0)) is True
+    assert c(valued(1, 0.0)).stop is False
+    assert c(valued(2, 0.0)).stop is True
 
 
 # ------------------------------------------------------------------------------------------ validation
@@ -114,7 +112,7 @@ def test_check_has_no_side_effects_and_a_refused_apply_changes_nothing(calibrati
 def test_applied_changes_take_effect_on_the_next_decision(calibration):
     budget = ExitBudget(GFLOPS_3B, calibration, BudgetSettings(flops_budget=8.0))
     budget.apply({"max_exit": 1, "flops_budget": 0.0})
-    assert budget.decider(valued(1, 1e6)) is True
+    assert budget.decider(valued(1, 1e6)).stop is True
     budget.apply({"thresholds": [0.0, 0.0, 1.0, 0, 0, 0], "max_exit": 0})
     values = np.array([[0.5], [0.5], [0.5], [0.5], [0.5], [0.5]])
     assert run_decider(budget.decider, values, 0) == 2
@@ -132,8 +130,8 @@ def test_create_from_exit_infos_cuts_the_calibration_to_the_built_exits(calibrat
 
 def test_report_gives_requested_and_realised(calibration):
     budget = ExitBudget(GFLOPS_3B, calibration, BudgetSettings(flops_budget=8.0, budget_tracking=False))
-    for g in (5.2, 10.4):
-        budget.record(g)
+    for k in (2, 4):
+        budget.record(Step(k, GFLOPS_3B[k - 1]))
     report = budget.report()
     assert report["flops_budget"] == "8" and report["flops_realised_window"] == "7.8"
     assert report["budget_mode"] == "flops_budget" and "flops_target" not in report
@@ -145,9 +143,9 @@ def run_budget(budget: ExitBudget, values: np.ndarray) -> np.ndarray:
     """Step every sample through the budget's decider and record its GFLOPs; the GFLOPs per step."""
     spent = []
     for i in range(values.shape[1]):
-        g = GFLOPS_3B[run_decider(budget.decider, values, i)]
-        budget.record(g)
-        spent.append(g)
+        k = run_decider(budget.decider, values, i)
+        budget.record(Step(k + 1, GFLOPS_3B[k]))
+        spent.append(GFLOPS_3B[k])
     return np.array(spent)
 
 
@@ -176,7 +174,7 @@ def test_tracking_keeps_the_calibration_budget_on_calibration_data(calibration):
 def test_a_more_expensive_prompt_is_compensated_from_the_next_step(calibration):
     budget = ExitBudget(GFLOPS_3B, calibration, BudgetSettings(8.0))
     k = run_decider(budget.decider, calibration.values["action_consistency"], 0)
-    budget.record(GFLOPS_3B[k] * 2.0)  # this instruction makes every exit twice as expensive
+    budget.record(Step(k + 1, GFLOPS_3B[k] * 2.0))  # this instruction makes every exit twice as expensive
     assert float(budget.report()["prompt_cost_scale"]) == pytest.approx(2.0, rel=1e-3)
     # the next step is solved for about half the budget in calibration GFLOPs (the integral part moved a little)
     assert float(budget.report()["flops_target_calibration"]) == pytest.approx(4.0, rel=0.1)
@@ -189,9 +187,9 @@ def test_tracking_holds_the_budget_across_instructions_of_different_cost(calibra
     for scale in (0.8, 1.25, 0.9, 1.15, 1.0):  # cost of each instruction's prompt relative to calibration's
         values = synthetic_values(rng, 6, 60)
         for i in range(60):
-            g = GFLOPS_3B[run_decider(budget.decider, values, i)] * scale
-            budget.record(g)
-            spent.append(g)
+            k = run_decider(budget.decider, values, i)
+            budget.record(Step(k + 1, GFLOPS_3B[k] * scale))
+            spent.append(GFLOPS_3B[k] * scale)
     segments = np.array(spent).reshape(5, 60)
     assert abs(np.mean(spent) / 8.0 - 1) < 0.05
     # each instruction near the budget from its second step (without the feed-forward: up to 12% off here)

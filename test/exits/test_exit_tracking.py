@@ -49,7 +49,7 @@ def test_budget_change_keeps_the_relative_correction():
 def test_bad_values_are_refused():
     with pytest.raises(ValueError, match="gain must be > 0"):
         BudgetTracker(8.0, 2.0, 16.0, gain=0.0)
-    with pytest.raises(ValueError, match="positive number of GFLOPs"):
+    with pytest.raises(ValueError, match="budget must be a positive number"):
         BudgetTracker(0.0, 2.0, 16.0)
     with pytest.raises(ValueError, match="0 < lo <= hi"):
         BudgetTracker(8.0, 16.0, 2.0)

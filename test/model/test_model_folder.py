@@ -12,6 +12,7 @@ import torch
 from deer_ros.exits.calibration import Calibration, calibration_for
 from deer_ros.model.checkpoint import is_model_folder, load_folder, open_folder, save_checkpoint
 from deer_ros.convert import convert_main
+from deer_ros.model.decision import CONTINUE
 from deer_ros.model.factory import load_policy
 from model_fixtures import tiny_model
 from test_checkpoint import assert_same_weights, write_released
@@ -42,7 +43,7 @@ def test_converted_folder_moves_and_loads_from_another_path(tmp_path, released, 
     policy = load_policy(moved, preset="tiny")
     assert_same_weights(model, policy.model)
     step = policy.step(np.zeros((64, 64, 3), np.uint8), np.zeros((64, 64, 3), np.uint8), "open the drawer",
-                       lambda c: False)
+                       lambda c: CONTINUE)
     assert step.exit_index == 3 and np.isfinite(step.action).all()
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from deer_ros.model.flops import llm_macs
-from deer_ros.model.policy import DeerPolicy, ExitCandidate
+from deer_ros.model.policy import DeerPolicy, ExitCandidate, ExitDecision
 
 from model_fixtures import tiny_model
 
@@ -15,15 +15,15 @@ INSTRUCTION = "pick up the red block"
 
 def fixed(k: int):
     """Stop exactly at exit k (the 'run to exit k' path)."""
-    return lambda c: c.index == k
+    return lambda c: ExitDecision(c.index == k)
 
 
 def rms_decider(threshold: float, log: list):
     """DeeR's action-consistency rule, recording what it saw."""
-    def decide(c: ExitCandidate) -> bool:
-        c.value = float(torch.sqrt(torch.mean((c.pose - c.prev_pose) ** 2)))
-        log.append((c.index, c.feature.clone(), c.value))
-        return c.value <= threshold
+    def decide(c: ExitCandidate) -> ExitDecision:
+        value = float(torch.sqrt(torch.mean((c.pose - c.prev_pose) ** 2)))
+        log.append((c.index, c.feature.clone(), value))
+        return ExitDecision(value <= threshold, value)
     return decide
 
 
@@ -56,8 +56,8 @@ def test_dynamic_exit_equals_fixed_exit_path(tiny_tokenizer, frames):
         log: list = []
         r = dynamic.step(static, gripper, INSTRUCTION, rms_decider(threshold, log))
         seen: list = []
-        r_fixed = replay.step(static, gripper, INSTRUCTION,
-                              lambda c, k=r.exit_index, seen=seen: seen.append(c.feature.clone()) or c.index == k)
+        r_fixed = replay.step(static, gripper, INSTRUCTION, lambda c, k=r.exit_index, seen=seen: ExitDecision(
+            seen.append(c.feature.clone()) or c.index == k))
         chosen.append(r.exit_index)
         assert r_fixed.exit_index == r.exit_index and r_fixed.layers == r.layers
         np.testing.assert_array_equal(r_fixed.action, r.action)
@@ -71,7 +71,7 @@ def test_batched_features_match_the_step_path(tiny_tokenizer, frames, model):
     policy = DeerPolicy(model, tiny_tokenizer)
     static, gripper = frames[0]
     seen: dict[int, ExitCandidate] = {}
-    policy.step(static, gripper, INSTRUCTION, lambda c: seen.setdefault(c.index, c) is None)
+    policy.step(static, gripper, INSTRUCTION, lambda c: ExitDecision(seen.setdefault(c.index, c) is None))
     enc = policy.prompts([INSTRUCTION])
     images = policy.preprocess(static, gripper)
     feats = model.forward_exit_features(images, enc.input_ids, enc.media_locations, enc.attention_mask)
@@ -111,20 +111,28 @@ def test_last_exit_is_forced_and_values_are_collected(tiny_tokenizer, frames):
     policy = make_policy(tiny_tokenizer)
     seen = []
 
-    def never(c: ExitCandidate) -> bool:
+    def never(c: ExitCandidate) -> ExitDecision:
         seen.append(c.is_last)
-        c.value = float(c.index)
-        return False
+        return ExitDecision(False, float(c.index))
 
     r = policy.step(*frames[0], INSTRUCTION, never)
     assert (r.exit_index, r.layers) == (3, 6) and seen == [False, False, True] and r.values == [1.0, 2.0, 3.0]
+    # one timing per examined exit for the cost model, and the head decoded once per exit plus the first's previous
+    assert len(r.llm_ms) == len(r.exit_ms) == 3 and r.head_decodes == 4
+    assert all(t >= 0 for t in r.llm_ms + r.exit_ms)
+
+
+def test_a_decider_returning_a_bare_bool_is_refused_with_the_contract(tiny_tokenizer, frames):
+    policy = make_policy(tiny_tokenizer)
+    with pytest.raises(TypeError, match="return ExitDecision"):
+        policy.step(*frames[0], INSTRUCTION, lambda c: True)
 
 
 def test_state_is_committed_only_from_the_chosen_exit(tiny_tokenizer, frames, model):
     policy = DeerPolicy(model, tiny_tokenizer)
     enc = policy.prompts([INSTRUCTION])
     (s0, g0), (s1, g1) = frames[0], frames[1]
-    policy.step(s0, g0, INSTRUCTION, lambda c: c.index == 2)  # exits 1 examined, 2 chosen
+    policy.step(s0, g0, INSTRUCTION, fixed(2))  # exits 1 examined, 2 chosen
     r = policy.step(s1, g1, INSTRUCTION, fixed(3))
 
     def feats(s, g):

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from deer_ros.model.memory import module_bytes
-from deer_ros.model.policy import DeerPolicy
+from deer_ros.model.policy import DeerPolicy, ExitDecision
 from deer_ros.model.precision import prepare_model, resolve_device
 from model_fixtures import tiny_model
 
@@ -16,7 +16,8 @@ INSTRUCTION = "open the drawer"
 
 def run(policy: DeerPolicy, frames, exit_index: int) -> np.ndarray:
     policy.reset()
-    return np.stack([policy.step(s, g, INSTRUCTION, lambda c: c.index == exit_index).action for s, g in frames])
+    decide = lambda c: ExitDecision(c.index == exit_index)  # noqa: E731
+    return np.stack([policy.step(s, g, INSTRUCTION, decide).action for s, g in frames])
 
 
 @pytest.mark.parametrize("dtype, tolerance", [("bf16", 0.1), ("fp16", 0.01), ("int8", 0.1)])

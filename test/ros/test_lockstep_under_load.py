@@ -131,7 +131,7 @@ def reference_run(segments: str) -> tuple[dict[tuple[int, int], tuple[np.ndarray
                 frame = split.frame(index, keys=())
                 result = policy.step(frame.rgb_static, frame.rgb_gripper, segment.instruction.strip(),
                                      budget.decider)
-                budget.record(result.gflops)
+                budget.record(result)
                 expected[stamp_key(sim_stamp(counter))] = (np.asarray(result.action, dtype=np.float32),
                                                           int(result.exit_index), int(result.layers))
                 counter += 1
