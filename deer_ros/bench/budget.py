@@ -43,8 +43,7 @@ def load_policy(model: str, checkpoint: str, random_weights: bool, seed: int) ->
 
 
 def online_search(policy: Any, calibration: Calibration, calib: list[ReplaySegment], heldout: list[ReplaySegment],
-                  budget: float,
-                  criterion: str, calls: int, frames_per_segment: int, log: Path) -> dict[str, Any]:
+                  budget: float, criterion: str, calls: int, frames_per_segment: int, log: Path) -> dict[str, Any]:
     """DeeR w. online, offline flavour: search thresholds for the pose error on the calibration split's recorded
     actions under `budget`, starting from the solved ones; compare both on the held-out split."""
     start = solver.solve_budget(calibration.criterion_values(criterion), calibration.exit_gflops, budget).thresholds

@@ -114,15 +114,18 @@ def test_lifecycle_transitions_gate_the_actions(launch_node, client):
     driver.wait_for_policy()
     driver.publish_instruction("open the drawer")
     driver.send_observation(1.0)
-    client.spin_for(1.0)
-    assert driver.actions == [], "an inactive node published an action"
+    driver.wait_count("pairs", 1)  # the inactive node has the pair (its worker takes a pair within ms)
     transition(Transition.TRANSITION_ACTIVATE)
-    driver.act(2.0)
+    driver.act(2.0)  # actions come in step order: one for the t=1 pair would be here by now
+    assert driver.action_for(Time(sec=1)) is None, "an inactive node acted on a pair it got while inactive"
     transition(Transition.TRANSITION_DEACTIVATE)
-    n = len(driver.actions)
+    pairs = driver.count("pairs")
     driver.send_observation(3.0)
-    client.spin_for(1.0)
-    assert len(driver.actions) == n
+    driver.wait_count("pairs", pairs + 1)
+    transition(Transition.TRANSITION_ACTIVATE)
+    driver.act(4.0)
+    assert driver.action_for(Time(sec=3)) is None, "a deactivated node acted on a pair it got while inactive"
+    transition(Transition.TRANSITION_DEACTIVATE)
     transition(Transition.TRANSITION_CLEANUP)  # frees the model
     assert client.lifecycle_state() == "unconfigured"
     client.spin_until(lambda: node.count_subscribers("camera/static/image_raw") == 0, 20,
