@@ -191,6 +191,7 @@ def bench_model(preset: str, plan: Plan, args: argparse.Namespace, segments: lis
             os.sched_setaffinity(0, cpus)
     load = {"target_ms": target, "duty": args.load_duty, "pre": plan.load_pre, "post": plan.load_post,
             "window": plan.window, "ms": loaded["ms"], "exit": loaded["exit"],
+            "exit1_ms_before": lo, "exit1_ms_loaded": budget.cost_table().exit_ms[0],
             "mean_exit_before": float(np.mean(loaded["exit"][: plan.load_pre])),
             "mean_exit_after": float(np.mean(loaded["exit"][-max(1, plan.load_post // 2):])),
             **recovery(loaded["ms"], plan.load_pre, target, plan.window)}
@@ -215,6 +216,8 @@ def plot(results: list[dict], path: Path) -> None:
             ax_b.hlines(t["target_ms"], xs[0], xs[-1], colors="k", linestyles="--", lw=1)
             ax_b.axvspan(xs[0], xs[0] + t["warmup"] - 0.5, color="0.9")
             x0 += len(t["ms"])
+        every = np.concatenate([t["ms"] for t in r["traces"]])
+        ax_b.set_ylim(0, 1.3 * np.percentile(every, 99))  # a single stall of another process would flatten the rest
         ax_b.set_title(f"{r['model']} {r['device']}:{r['dtype']}: four budgets (grey: warm-up)")
         ax_b.set_xlabel("step")
         ax_b.set_ylabel("step ms")
@@ -246,15 +249,16 @@ def tables(results: list[dict], command: str) -> str:
                          f"{row['error_pct']:+.1f}% | {row['p95_ms']:.4g} | {row['mean_exit']:.2f} | "
                          f"{'yes' if row['within_goal'] else 'no'} |")
     lines += ["", "| model | target ms | CPU burner | steps before / after | running mean of | worst error under load "
-              "| steps to recover (within 5%) | error at end | mean exit before -> after |",
-              "|---|---|---|---|---|---|---|---|---|"]
+              "| steps to recover (within 5%) | error at end | mean exit before -> after | exit 1 cost before -> "
+              "under load (learned ms) |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         load = r["load"]
         rec = load["steps_to_recover"]
         lines.append(f"| {r['model']} | {load['target_ms']:.4g} | {load['duty']:.0%} duty, same core | "
                      f"{load['pre']} / {load['post']} | {load['window']} steps | {load['worst_error_pct']:.1f}% | "
                      f"{rec if rec is not None else 'not within the run'} | {load['error_end_pct']:+.1f}% | "
-                     f"{load['mean_exit_before']:.2f} -> {load['mean_exit_after']:.2f} |")
+                     f"{load['mean_exit_before']:.2f} -> {load['mean_exit_after']:.2f} | "
+                     f"{load['exit1_ms_before']:.4g} -> {load['exit1_ms_loaded']:.4g} |")
     lines.append("")
     for r in results:
         cm = r["cost_model"]
