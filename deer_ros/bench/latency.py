@@ -155,6 +155,11 @@ def bench_model(preset: str, plan: Plan, args: argparse.Namespace, segments: lis
 
     t0 = time.perf_counter()
     policy, calibration, what = build(preset, args.device, args.dtype, args.seed, args.calib_frames)
+    if args.vision_reuse > 0:
+        from deer_ros.model.vision_reuse import CameraReuse, VisionReuse
+
+        policy.set_vision_reuse(VisionReuse((CameraReuse(args.vision_reuse, 3),)))
+        what += f"; static camera's vision tokens reused while its change <= {args.vision_reuse:g} (max age 3)"
     budget = ExitBudget.create(policy.exits, calibration, {})
     if plan.cost_window:
         budget.costs = CostModel(budget.exit_gflops, window=plan.cost_window, warmup=plan.cost_warmup)
@@ -280,6 +285,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="tiny only, few steps: a smoke run")
     p.add_argument("--steps", type=int, default=None, help="measured steps per budget (default: per model)")
     p.add_argument("--load-duty", type=float, default=0.4, help="share of every 10 ms the CPU burner is busy")
+    p.add_argument("--vision-reuse", type=float, default=0.0, metavar="THRESHOLD",
+                   help="reuse the static camera's vision tokens under this change threshold (grey levels, max age "
+                        "3; default 0 = off), as the node's vision_reuse parameters do")
     p.add_argument("--calib-frames", type=int, default=6, help="calibration frames for a random-weight model")
     p.add_argument("--cpu-threads", type=int, default=1, help="torch threads (default 1; 0 = torch's default)")
     p.add_argument("--seed", type=int, default=0)
@@ -292,6 +300,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--model: {unknown or presets} not benchmarked here; choose from {', '.join(PLANS)}")
     if not 0.0 < args.load_duty < 1.0:
         p.error(f"--load-duty must be between 0 and 1 (exclusive), got {args.load_duty}")
+    if not 0.0 <= args.vision_reuse <= 255.0:
+        p.error(f"--vision-reuse must be a threshold in [0, 255] grey levels, got {args.vision_reuse}")
     if args.steps is not None and args.steps < 1:
         p.error(f"--steps must be >= 1, got {args.steps}")
 
