@@ -155,6 +155,11 @@ def bench_model(preset: str, plan: Plan, args: argparse.Namespace, segments: lis
 
     t0 = time.perf_counter()
     policy, calibration, what = build(preset, args.device, args.dtype, args.seed, args.calib_frames)
+    if args.vision_reuse > 0:
+        from deer_ros.model.vision_reuse import CameraReuse, VisionReuse
+
+        policy.set_vision_reuse(VisionReuse((CameraReuse(args.vision_reuse, 3),)))
+        what += f"; static camera's vision tokens reused while its change <= {args.vision_reuse:g} (max age 3)"
     budget = ExitBudget.create(policy.exits, calibration, {})
     if plan.cost_window:
         budget.costs = CostModel(budget.exit_gflops, window=plan.cost_window, warmup=plan.cost_warmup)
@@ -191,6 +196,7 @@ def bench_model(preset: str, plan: Plan, args: argparse.Namespace, segments: lis
             os.sched_setaffinity(0, cpus)
     load = {"target_ms": target, "duty": args.load_duty, "pre": plan.load_pre, "post": plan.load_post,
             "window": plan.window, "ms": loaded["ms"], "exit": loaded["exit"],
+            "exit1_ms_before": lo, "exit1_ms_loaded": budget.cost_table().exit_ms[0],
             "mean_exit_before": float(np.mean(loaded["exit"][: plan.load_pre])),
             "mean_exit_after": float(np.mean(loaded["exit"][-max(1, plan.load_post // 2):])),
             **recovery(loaded["ms"], plan.load_pre, target, plan.window)}
@@ -215,6 +221,8 @@ def plot(results: list[dict], path: Path) -> None:
             ax_b.hlines(t["target_ms"], xs[0], xs[-1], colors="k", linestyles="--", lw=1)
             ax_b.axvspan(xs[0], xs[0] + t["warmup"] - 0.5, color="0.9")
             x0 += len(t["ms"])
+        every = np.concatenate([t["ms"] for t in r["traces"]])
+        ax_b.set_ylim(0, 1.3 * np.percentile(every, 99))  # a single stall of another process would flatten the rest
         ax_b.set_title(f"{r['model']} {r['device']}:{r['dtype']}: four budgets (grey: warm-up)")
         ax_b.set_xlabel("step")
         ax_b.set_ylabel("step ms")
@@ -246,15 +254,16 @@ def tables(results: list[dict], command: str) -> str:
                          f"{row['error_pct']:+.1f}% | {row['p95_ms']:.4g} | {row['mean_exit']:.2f} | "
                          f"{'yes' if row['within_goal'] else 'no'} |")
     lines += ["", "| model | target ms | CPU burner | steps before / after | running mean of | worst error under load "
-              "| steps to recover (within 5%) | error at end | mean exit before -> after |",
-              "|---|---|---|---|---|---|---|---|---|"]
+              "| steps to recover (within 5%) | error at end | mean exit before -> after | exit 1 cost before -> "
+              "under load (learned ms) |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         load = r["load"]
         rec = load["steps_to_recover"]
         lines.append(f"| {r['model']} | {load['target_ms']:.4g} | {load['duty']:.0%} duty, same core | "
                      f"{load['pre']} / {load['post']} | {load['window']} steps | {load['worst_error_pct']:.1f}% | "
                      f"{rec if rec is not None else 'not within the run'} | {load['error_end_pct']:+.1f}% | "
-                     f"{load['mean_exit_before']:.2f} -> {load['mean_exit_after']:.2f} |")
+                     f"{load['mean_exit_before']:.2f} -> {load['mean_exit_after']:.2f} | "
+                     f"{load['exit1_ms_before']:.4g} -> {load['exit1_ms_loaded']:.4g} |")
     lines.append("")
     for r in results:
         cm = r["cost_model"]
@@ -276,6 +285,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="tiny only, few steps: a smoke run")
     p.add_argument("--steps", type=int, default=None, help="measured steps per budget (default: per model)")
     p.add_argument("--load-duty", type=float, default=0.4, help="share of every 10 ms the CPU burner is busy")
+    p.add_argument("--vision-reuse", type=float, default=0.0, metavar="THRESHOLD",
+                   help="reuse the static camera's vision tokens under this change threshold (grey levels, max age "
+                        "3; default 0 = off), as the node's vision_reuse parameters do")
     p.add_argument("--calib-frames", type=int, default=6, help="calibration frames for a random-weight model")
     p.add_argument("--cpu-threads", type=int, default=1, help="torch threads (default 1; 0 = torch's default)")
     p.add_argument("--seed", type=int, default=0)
@@ -288,6 +300,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--model: {unknown or presets} not benchmarked here; choose from {', '.join(PLANS)}")
     if not 0.0 < args.load_duty < 1.0:
         p.error(f"--load-duty must be between 0 and 1 (exclusive), got {args.load_duty}")
+    if not 0.0 <= args.vision_reuse <= 255.0:
+        p.error(f"--vision-reuse must be a threshold in [0, 255] grey levels, got {args.vision_reuse}")
     if args.steps is not None and args.steps < 1:
         p.error(f"--steps must be >= 1, got {args.steps}")
 

@@ -100,7 +100,7 @@ POLICY_PARAMETERS: tuple[ParamSpec, ...] = (
 VISION_REUSE_PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("vision_reuse", bool, False, "Reuse a camera's vision tokens while its image has barely changed "
               "since it was last encoded (saves that camera's ViT + perceiver). Off by default."),
-    ParamSpec("vision_reuse_threshold_static", float, 1.0, "Largest change of the static image (mean absolute "
+    ParamSpec("vision_reuse_threshold_static", float, 2.0, "Largest change of the static image (mean absolute "
               "difference of a ~32x32 grayscale thumbnail, grey levels 0..255) that reuses its tokens; 0 = always "
               "encode it.", 0.0, 255.0),
     ParamSpec("vision_reuse_threshold_gripper", float, 0.0, "As vision_reuse_threshold_static, for the gripper "

@@ -24,7 +24,7 @@ def test_vision_reuse_is_off_by_default_and_switched_at_run_time(launch_node, pr
         policy.act(t)
     policy.wait_count("steps", 7)
     counts = policy.counts()
-    assert counts["vision_reuse"].startswith("static change <= 1 for up to 3 steps; gripper change <= 2")
+    assert counts["vision_reuse"].startswith("static change <= 2 for up to 3 steps; gripper change <= 2")
     # identical frames: the first step after the switch encodes, the next three reuse (max age 3)
     assert int(counts["vision_reused_static"]) == 3 and int(counts["vision_reused_gripper"]) == 3
 
