@@ -24,10 +24,12 @@ an in-process reference run of the same DeerPolicy on the same segments (reset +
 the same budget decider fed the same steps), which is deterministic on the CPU with one thread: one action per
 frame, each equal to the reference (exit and layers exactly, values within 1e-6). A frame stepped twice, or once
 against the old instruction or history, changes that frame's action or the budget tracker's state and with it later
-exits. DEER_ROS_LOAD=0 runs the same check without the load (for comparison).
+exits. DEER_ROS_LOAD=0 runs the same check without the load (for comparison), DEER_ROS_LOAD_REPEAT=N runs it N times
+(pytest -s prints the counters of each run).
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -48,6 +50,7 @@ pytestmark = [pytest.mark.ros, pytest.mark.slow]
 SEGMENTS = "0,1,2"  # the bundled sample: 45 + 72 + 44 frames, two instruction switches
 BUDGET = {"flops_budget": 0.004}  # solved thresholds with online tracking: exits vary from frame to frame
 LOADED = os.environ.get("DEER_ROS_LOAD", "1") != "0"
+REPEAT = int(os.environ.get("DEER_ROS_LOAD_REPEAT", "1"))  # runs, each with its own stall seed
 STALL_S = (0.3, 1.2)  # how long the policy process is frozen ...
 BETWEEN_STALLS_S = (0.3, 1.5)  # ... and how long it runs between two freezes
 
@@ -101,6 +104,7 @@ def stalls(pid: int, seed: int, heard: list, switches: set) -> Iterator[list[flo
         thread.join()
 
 
+@functools.cache
 def reference_run(segments: str) -> tuple[dict[tuple[int, int], tuple[np.ndarray, int, int]], set]:
     """The bridge's frames (its stamps: frame k of the run at k / 30 s) -> (action, exit, layers) of the same
     DeerPolicy and budget as deer_policy_node builds them, stepped in process in the bridge's order; and the
@@ -141,7 +145,8 @@ def reference_run(segments: str) -> tuple[dict[tuple[int, int], tuple[np.ndarray
         torch.set_num_threads(threads)
 
 
-def test_no_frame_meets_the_wrong_instruction_or_history_on_a_loaded_machine(launch_node, client, tmp_path):
+@pytest.mark.parametrize("run", range(REPEAT))
+def test_no_frame_meets_the_wrong_instruction_or_history_on_a_loaded_machine(launch_node, client, tmp_path, run):
     report_path = tmp_path / "evaluation.json"
     expected, last_frames = reference_run(SEGMENTS)
     policy = launch_node("deer_policy_node", params={"use_sim_time": True, "diagnostics_period_s": 0.2, **BUDGET})
@@ -150,7 +155,7 @@ def test_no_frame_meets_the_wrong_instruction_or_history_on_a_loaded_machine(lau
         spells: list[float] = []
         if LOADED:
             load.enter_context(cpu_burners(os.cpu_count() or 2))
-            spells = load.enter_context(stalls(policy.proc.pid, 13, client.actions, last_frames))
+            spells = load.enter_context(stalls(policy.proc.pid, 13 + run, client.actions, last_frames))
         bridge = launch_node("calvin_bridge_node", params={
             "lockstep": True, "segments": SEGMENTS, "report_path": str(report_path), "exit_when_done": True,
             "action_timeout_s": 0.1})
@@ -160,7 +165,7 @@ def test_no_frame_meets_the_wrong_instruction_or_history_on_a_loaded_machine(lau
     report = json.loads(report_path.read_text())["bridge"]
     counts = client.counts()
     heard = Counter(stamp_key(a.header.stamp) for a in client.actions)
-    print(f"\nloaded={LOADED}: frames {report['frames_sent']}, re-sent {report['resends']}, "
+    print(f"\nrun {run} loaded={LOADED}: frames {report['frames_sent']}, re-sent {report['resends']}, "
           f"resend_interval_s {report['resend_interval_s']:.3f}, policy repeated_pairs "
           f"{counts.get('repeated_pairs', 0)}, pairs_before_instruction {counts.get('pairs_before_instruction', 0)}, "
           f"steps {counts.get('steps')}, actions heard {len(client.actions)}, stalls {len(spells)} "
