@@ -23,6 +23,7 @@ import numpy as np
 from deer_ros.bag import types as T
 from deer_ros.calvin.dataset import CalvinDatasetError, CalvinSplit, Frame, Segment
 from deer_ros.paths import split_folder
+from deer_ros.stamps import stamp_ns
 
 log = logging.getLogger(__name__)
 TASKS_KEY = "deer_ros.tasks"  # custom_data entry: JSON {instruction: CALVIN task id}, written by split_to_bag
@@ -36,8 +37,13 @@ class BagError(CalvinDatasetError):
     """A bag that cannot be read as frames; the message names the bag and what to do."""
 
 
-def stamp_ns(header) -> int:
-    return int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
+def header_ns(path: Path, topic: str, msg) -> int:
+    """A message's header stamp in ns; a stamp that is not a valid time is a damaged bag."""
+    ns = stamp_ns(msg.header.stamp)
+    if ns is None:
+        raise BagError(f"{path}: a message on '{topic}' has an invalid header stamp "
+                       f"({msg.header.stamp.sec} s, {msg.header.stamp.nanosec} ns); re-record it with a valid clock.")
+    return ns
 
 
 def open_reader(path: Path):
@@ -153,15 +159,15 @@ class BagSplit(CalvinSplit):
         statics = got["static"]
         if not statics:
             raise BagError(f"{self.path}: no message on '{self.topics['static']}'; nothing to read.")
-        stamps = [stamp_ns(m.header) for _, m in statics]
+        stamps = [header_ns(self.path, self.topics['static'], m) for _, m in statics]
         for i, (prev, cur) in enumerate(zip(stamps, stamps[1:])):
             if cur <= prev:
                 raise BagError(f"{self.path}: '{self.topics['static']}' header stamps go backwards at message "
                                f"{i + 1} ({prev} ns then {cur} ns); frames must come in stamp order. Re-record with "
                                "one clock (use_sim_time consistently), or split the bag where the clock jumped.")
-        grippers = sorted((stamp_ns(m.header), m) for _, m in got["gripper"])
+        grippers = sorted((header_ns(self.path, self.topics["gripper"], m), m) for _, m in got["gripper"])
         gripper_stamps = [s for s, _ in grippers]
-        actions = {stamp_ns(m.header): m for _, m in got["action"]}
+        actions = {header_ns(self.path, self.topics.get("action", "action"), m): m for _, m in got["action"]}
         instructions = got["instruction"]
         instruction_times = [t for t, _ in instructions]
         tasks = got["tasks"]

@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 
 from deer_ros.bag import types as T
-from deer_ros.bag.reader import open_reader, stamp_ns
+from deer_ros.bag.reader import header_ns, open_reader
 from deer_ros.dependencies import require
 
 ENTITIES = ("camera/static", "camera/gripper", "instruction", "action", "policy/exit", "policy/layers",
@@ -44,7 +44,8 @@ def log_bag(bag: str | os.PathLike, rrd: str | os.PathLike, action_topic: str = 
             msg = store.deserialize_cdr(raw, conn.msgtype)
             role = roles[conn.topic]
             # Instructions have no header: they go on the timeline at the time they were logged.
-            rec.set_time("stamp", duration=(log_ns if role == "instruction" else stamp_ns(msg.header)) * 1e-9)
+            stamp = log_ns if role == "instruction" else header_ns(bag, conn.topic, msg)
+            rec.set_time("stamp", duration=stamp * 1e-9)
             if role.startswith("camera/"):
                 rec.log(role, rr.Image(image_to_rgb(msg)))
                 counts[role] += 1

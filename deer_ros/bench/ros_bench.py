@@ -29,14 +29,11 @@ from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 import numpy as np
 
 from deer_ros.bench.timing import BenchFrame, summarize
+from deer_ros.stamps import stamp_ns
 from deer_ros.ros.launcher import NodeProcess, caller_domain, executable, ros_args, ros_env
 
 if TYPE_CHECKING:
     from deer_ros.ros.client import Heard, PolicyClient
-
-
-def stamp_ns(stamp) -> int:
-    return stamp.sec * 1_000_000_000 + stamp.nanosec
 
 
 def first_heard(heard: Heard) -> dict[int, tuple[float, object]]:

@@ -40,7 +40,7 @@ from deer_ros.ros.image import rgb_to_image
 from deer_ros.ros.node_main import run_node
 from deer_ros.ros.params import ParameterError, ParamSpec, check_changes, declare, values
 from deer_ros.ros.qos import LATCHED, STREAM
-from deer_ros.ros.stamps import stamp_ns
+from deer_ros.stamps import stamp_ns
 
 NODE_NAME = "calvin_bridge"
 MAX_UNANSWERED = 1000  # free-running: frames kept waiting for a late action

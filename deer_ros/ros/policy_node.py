@@ -42,7 +42,7 @@ from deer_ros.ros.node_main import run_node
 from deer_ros.ros.pairing import GRIPPER, STATIC, Pair, StampPairer
 from deer_ros.ros.params import ParamSpec, check_changes, declare, values
 from deer_ros.ros.qos import LATCHED, SENSOR
-from deer_ros.ros.stamps import stamp_ns
+from deer_ros.stamps import stamp_ns
 
 NODE_NAME = "deer_policy"
 BUDGET_PARAMETERS = ("flops_budget", "max_exit", "exit_ratio", "thresholds", "criterion", "budget_tracking",

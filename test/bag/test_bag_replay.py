@@ -18,17 +18,17 @@ def _stamp(msg) -> int:
     return msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
 
 
-def test_the_bridge_plays_a_bag_in_lockstep_and_every_frame_is_answered(launch_node, probe, tmp_path,
+def test_the_bridge_plays_a_bag_in_lockstep_and_every_frame_is_answered(launch_node, client, tmp_path,
                                                                          one_segment_bag, validation):
     report = tmp_path / "evaluation.json"
-    expert = probe.collect(EndEffectorAction, "expert_action")
-    actions = probe.collect(EndEffectorAction, "action")
+    expert = client.collect(EndEffectorAction, "expert_action")
+    actions = client.collect(EndEffectorAction, "action")
     launch_node("deer_policy_node", params={"use_sim_time": True})
     bridge = launch_node("calvin_bridge_node", params={"dataset": str(one_segment_bag), "lockstep": True,
                                                        "report_path": str(report), "exit_when_done": True})
-    probe.spin_until(lambda: not bridge.running, 240, "the bridge to play the bag")
+    client.spin_until(lambda: not bridge.running, 240, "the bridge to play the bag")
     assert bridge.wait(timeout=5) == 0, bridge.output()[-3000:]
-    probe.spin_for(0.5)
+    client.spin_for(0.5)
     segment = CalvinSplit(validation).segments("0")[0]
     summary = json.loads(report.read_text())
     assert summary["bridge"]["dataset"] == str(one_segment_bag)
@@ -46,14 +46,14 @@ def test_the_bridge_plays_a_bag_in_lockstep_and_every_frame_is_answered(launch_n
     assert all(len(a.criterion_values) == a.exit_index for a in actions)
 
 
-def test_a_bag_without_recorded_actions_is_played_and_not_scored(launch_node, probe, tmp_path, one_segment_bag):
+def test_a_bag_without_recorded_actions_is_played_and_not_scored(launch_node, client, tmp_path, one_segment_bag):
     report = tmp_path / "evaluation.json"
-    expert = probe.collect(EndEffectorAction, "expert_action")
+    expert = client.collect(EndEffectorAction, "expert_action")
     launch_node("deer_policy_node", params={"use_sim_time": True})
     bridge = launch_node("calvin_bridge_node", params={
         "dataset": str(one_segment_bag), "bag_topics": "action=", "max_frames": 10, "report_path": str(report),
         "exit_when_done": True})
-    probe.spin_until(lambda: not bridge.running, 240, "the bridge to play the bag")
+    client.spin_until(lambda: not bridge.running, 240, "the bridge to play the bag")
     assert bridge.wait(timeout=5) == 0, bridge.output()[-3000:]
     summary = json.loads(report.read_text())
     assert summary["bridge"]["frames_sent"] == 10 and summary["bridge"]["unanswered"] == 0

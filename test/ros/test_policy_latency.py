@@ -17,17 +17,17 @@ def test_latency_budget_is_refused_below_exit_1_and_a_smaller_one_runs_shallower
     t = iter(np.arange(1.0, 100.0, 0.1))
     for _ in range(12):  # warm-up of the cost model (10 steps), at the default exit_ratio
         policy.act(next(t))
-    policy.probe.spin_until(lambda: policy.counts().get("cost_model") == "warm", 10, "a warm cost model")
+    policy.spin_until(lambda: policy.counts().get("cost_model") == "warm", 10, "a warm cost model")
     costs = cost_table(policy.counts()["cost_exit_ms"])
     assert len(costs) == 3 and costs[1] < costs[3]
 
-    refused = policy.set("latency_budget_ms", 0.5)
+    refused = policy.set_parameter("latency_budget_ms", 0.5)
     assert not refused.successful
     assert "latency_budget_ms 0.5 ms cannot be met" in refused.reason and "int8" in refused.reason
-    assert policy.get("latency_budget_ms") == 0.0
+    assert policy.get_parameter("latency_budget_ms") == 0.0
 
     def exits_under(budget_ms: float, n: int = 12) -> list[int]:
-        result = policy.set("latency_budget_ms", budget_ms)
+        result = policy.set_parameter("latency_budget_ms", budget_ms)
         assert result.successful, result.reason
         policy.act(next(t))  # the change is applied before this step
         return [policy.act(next(t)).exit_index for _ in range(n)]
@@ -38,7 +38,7 @@ def test_latency_budget_is_refused_below_exit_1_and_a_smaller_one_runs_shallower
     now = cost_table(status["cost_exit_ms"])  # the machine is shared: costs move, so aim at exit 2's cost now
     small = exits_under(now[2])
     assert np.mean(small) < np.mean(large)
-    policy.probe.spin_until(lambda: policy.counts().get("latency_budget_ms") != status["latency_budget_ms"], 10,
+    policy.spin_until(lambda: policy.counts().get("latency_budget_ms") != status["latency_budget_ms"], 10,
                             "the small budget in diagnostics")
     report = policy.counts()
     assert report["budget_binding"] == "latency_budget_ms" and report["budget_mode"] == "latency_budget"
