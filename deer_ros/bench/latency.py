@@ -30,11 +30,12 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from itertools import cycle
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
+
+from deer_ros.calvin.replay import replay
 
 FRACTIONS = (0.2, 0.4, 0.6, 0.8)
 GOAL = 0.05  # realised mean within 5% of the target
@@ -68,13 +69,6 @@ while True:
 """
 
 
-def frame_stream(segments: list[tuple[str, list]]) -> Iterator[tuple[str, Any, bool]]:
-    """(instruction, frame, first of its segment) over the recorded segments, without end."""
-    for instruction, frames in cycle(segments):
-        for k, f in enumerate(frames):
-            yield instruction, f, k == 0
-
-
 def build(preset: str, device: str, dtype: str, seed: int, calib_frames: int) -> tuple[Any, Any, str]:
     """The policy, its calibration and a line saying what it is."""
     if preset == "tiny":
@@ -92,17 +86,15 @@ def build(preset: str, device: str, dtype: str, seed: int, calib_frames: int) ->
     return policy, calibration, f"{preset}, random weights (seed {seed}), calibrated on {calib_frames} frames"
 
 
-def run_steps(policy: Any, budget: Any, stream: Iterator, n: int, at_step=None) -> dict[str, list]:
-    """n steps under `budget`, each recorded with its latency as the node does; `at_step(k)` runs before step k."""
+def run_steps(budget: Any, stream: Iterator, n: int, at_step=None) -> dict[str, list]:
+    """n steps of `stream` (a `replay` under `budget.decider`), each recorded with its latency as the node does;
+    `at_step(k)` runs before step k."""
     out: dict[str, list] = {"ms": [], "exit": [], "target": []}
     for k in range(n):
         if at_step is not None:
             at_step(k)
-        instruction, f, first = next(stream)
-        if first:
-            policy.reset()
         t0 = time.perf_counter()
-        r = policy.step(f.rgb_static, f.rgb_gripper, instruction, budget.decider)
+        r = next(stream).result  # the frames are in memory: this is the policy's step
         ms = (time.perf_counter() - t0) * 1e3
         budget.record(r, ms)
         out["ms"].append(ms)
@@ -163,16 +155,16 @@ def bench_model(preset: str, plan: Plan, args: argparse.Namespace, segments: lis
     budget = ExitBudget.create(policy.exits, calibration, {})
     if plan.cost_window:
         budget.costs = CostModel(budget.exit_gflops, window=plan.cost_window, warmup=plan.cost_warmup)
-    stream = frame_stream(segments)
-    learned = run_steps(policy, budget, stream, max(plan.learn, budget.costs.warmup))
+    stream = replay(policy, segments, budget.decider, passes=None)  # the decider is reconfigured in place
+    learned = run_steps(budget, stream, max(plan.learn, budget.costs.warmup))
     costs = budget.cost_table()
     lo, hi = costs.exit_ms[0], costs.exit_ms[-1]
     rows, traces = [], []
     for f in FRACTIONS:
         target = lo + f * (hi - lo)
         budget.apply({"latency_budget_ms": target})
-        warm = run_steps(policy, budget, stream, plan.warmup)
-        got = run_steps(policy, budget, stream, plan.steps)
+        warm = run_steps(budget, stream, plan.warmup)
+        got = run_steps(budget, stream, plan.steps)
         mean = float(np.mean(got["ms"]))
         rows.append({"fraction": f, "target_ms": target, "binding": budget.binding, "steps": plan.steps,
                      "mean_ms": mean, "error_pct": 100 * (mean / target - 1),
@@ -188,7 +180,7 @@ def bench_model(preset: str, plan: Plan, args: argparse.Namespace, segments: lis
     try:
         if core:
             os.sched_setaffinity(0, core)  # the benchmark and the burner share one core: the load surely hits
-        loaded = run_steps(policy, budget, stream, plan.load_pre + plan.load_post,
+        loaded = run_steps(budget, stream, plan.load_pre + plan.load_post,
                            at_step=lambda k: burner.start() if k == plan.load_pre else None)
     finally:
         burner.stop()
@@ -307,7 +299,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from deer_ros.bench.vision_reuse import load_split
+    from deer_ros.calvin.dataset import CalvinSplit
+    from deer_ros.calvin.replay import load_segments
 
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print(f"deer-ros bench latency: --device {args.device} needs CUDA, which this machine lacks; use "
@@ -315,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if args.cpu_threads:
         torch.set_num_threads(args.cpu_threads)
-    segments = load_split(calvin_sample() / "validation")
+    segments = load_segments(CalvinSplit(calvin_sample() / "validation"))
     results = []
     for preset in presets:
         plan = QUICK if args.quick else PLANS[preset]
