@@ -36,7 +36,7 @@ from std_srvs.srv import Trigger
 from deer_ros.msg import EndEffectorAction, InstructionStatus
 # The profiles the nodes use (the bridge's: latched instruction/status, reliable streams), so that the client
 # matches them exactly.
-from deer_ros.ros.bridge_node import LATCHED, STREAM
+from deer_ros.ros.qos import LATCHED, STREAM
 from deer_ros.ros.image import rgb_to_image
 
 CAMERAS = ("static", "gripper")
