@@ -166,6 +166,7 @@ class Resolved:
     binding: str = "exit_ratio"  # what set the thresholds: thresholds, flops_budget, latency_budget_ms, exit_ratio
     cap_binding: str = "max_exit"  # what set the cap: max_exit or latency_cap_ms
     latency_note: str = ""  # why a latency setting is not (fully) in force: warming up, or cannot be met
+    latency_unmet: bool = False  # a latency setting is below what the learned costs allow (its reason is in the note)
 
 
 def unmet_reason(name: str, value: float, costs: CostTable, cap: int) -> str:
@@ -220,12 +221,14 @@ def resolve_budget(current: BudgetSettings, changes: Mapping[str, Any], exit_gfl
                           f"average {lo:.4g}..{hi:.4g} GFLOPs; {hint}, or set 0 for no average budget")
     warm = costs is not None and costs.warm
     notes: list[str] = []
+    unmet_names: list[str] = []
 
     def unmet(name: str, value: float) -> None:
         reason = unmet_reason(name, value, costs, cap)
         if refuse_unmet:
             raise BudgetError(reason)
         notes.append(reason)
+        unmet_names.append(name)
 
     cap_binding = "max_exit"
     if s.latency_cap_ms > 0 and not warm:
@@ -240,19 +243,19 @@ def resolve_budget(current: BudgetSettings, changes: Mapping[str, Any], exit_gfl
         notes.append(_warming("latency_budget_ms", costs))
     elif s.latency_budget_ms > 0 and s.latency_budget_ms < costs.exit_ms[0]:
         unmet("latency_budget_ms", s.latency_budget_ms)
-    note = "; ".join(notes)
+    note, unmet_now = "; ".join(notes), bool(unmet_names)
     if s.mode == "thresholds":
         try:
             t = solver.check_thresholds(s.thresholds, s.max_exit or n, n)
         except ValueError as exc:
             raise BudgetError(str(exc)) from None
-        return Resolved(s, t, cap, None, "thresholds", cap_binding, note)
+        return Resolved(s, t, cap, None, "thresholds", cap_binding, note, unmet_now)
     if calibration is None:
         if s.mode != "exit_ratio":
             names = " and ".join(x for x in ("flops_budget", "latency_budget_ms") if getattr(s, x) > 0)
             raise BudgetError(f"{names} needs a calibration file (parameter 'calibration'); "
                               f"give explicit thresholds or set {names} 0")
-        return Resolved(s, np.full(n, solver.NEVER), cap, None, "max_exit", cap_binding, note)
+        return Resolved(s, np.full(n, solver.NEVER), cap, None, "max_exit", cap_binding, note, unmet_now)
     try:
         values = calibration.criterion_values(s.criterion)
     except ValueError as exc:
@@ -275,7 +278,7 @@ def resolve_budget(current: BudgetSettings, changes: Mapping[str, Any], exit_gfl
     else:
         binding = "exit_ratio"
         sol = solver.solve_exit_ratio(values, s.exit_ratio, cap, g, calibration.solver_rule)
-    return Resolved(s, sol.thresholds, cap, sol, binding, cap_binding, note)
+    return Resolved(s, sol.thresholds, cap, sol, binding, cap_binding, note, unmet_now)
 
 
 def refusal(current: BudgetSettings, changes: Mapping[str, Any], exit_gflops: Sequence[float],
@@ -509,6 +512,11 @@ class ExitBudget:
     def latency_note(self) -> str:
         """Why a latency setting is not (fully) in force now ('' when it is, or none is set)."""
         return self._resolved.latency_note
+
+    @property
+    def latency_unmet(self) -> bool:
+        """Whether a latency setting in force is below what the learned costs allow (exit 1 runs meanwhile)."""
+        return self._resolved.latency_unmet
 
     @property
     def realised_window(self) -> float:

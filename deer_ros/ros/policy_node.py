@@ -173,6 +173,7 @@ class DeerPolicyNode(LifecycleNode):
         self._budget_report: dict[str, str] = {}
         self._cost_table: CostTable | None = None  # the worker's latest snapshot, for the parameter callbacks
         self._latency_note = ""
+        self._latency_unmet = False  # the worker's latest ExitBudget.latency_unmet, for diagnostics
         self._active = False
         self._worker: threading.Thread | None = None
         self._stop = threading.Event()
@@ -528,9 +529,9 @@ class DeerPolicyNode(LifecycleNode):
         msg.exit_index, msg.layers, msg.gflops = int(result.exit_index), int(result.layers), float(result.gflops)
         msg.flops_budget = float(budget)
         msg.criterion_values = [float(v) for v in result.values]
-        msg.latency_ms = float((time.monotonic_ns() - pair.received_ns) / 1e6)
+        latency_ms = (time.monotonic_ns() - pair.received_ns) / 1e6  # arrival -> publish: reported and learned
+        msg.latency_ms = float(latency_ms)
         self._action_pub.publish(msg)
-        latency_ms = (time.monotonic_ns() - pair.received_ns) / 1e6  # arrival -> publish, for the cost model
         self._counts["actions"] += 1
         self._last_action_ns = time.monotonic_ns()
         self._exit_hist[result.exit_index] += 1
@@ -545,13 +546,13 @@ class DeerPolicyNode(LifecycleNode):
 
     def _log_latency_note(self) -> None:
         """Log when a latency setting stops or starts being met (the costs moved), once per change."""
-        note = self._budget.latency_note
+        note, unmet = self._budget.latency_note, self._budget.latency_unmet
         if note != self._latency_note:
-            if "cannot be met" in note:
+            if unmet:
                 self.get_logger().warning(note)
-            elif "cannot be met" in self._latency_note:
+            elif self._latency_unmet:
                 self.get_logger().info(f"latency budget met again: {self._budget.describe()}")
-            self._latency_note = note
+            self._latency_note, self._latency_unmet = note, unmet
 
     def _fresh(self, pair: Pair) -> bool:
         """Whether the pair's stamp fits the node clock; a mismatch is counted and explained (throttled)."""
@@ -606,7 +607,7 @@ class DeerPolicyNode(LifecycleNode):
             kv["duplicate_node_name"] = "true"
         if self._last_error:
             kv["last_error"] = self._last_error
-        if "cannot be met" in self._budget_report.get("latency_note", ""):
+        if self._latency_unmet:
             status.level = max(status.level, DiagnosticStatus.WARN)
         if self._calibration_warning:  # the calibration belongs to another checkpoint
             kv["calibration_warning"] = self._calibration_warning

@@ -177,10 +177,11 @@ def test_costs_rising_above_a_set_budget_are_reported_and_exit_1_runs(calibratio
     values = calibration.values["action_consistency"]
     budget = ExitBudget(GFLOPS_3B, calibration, BudgetSettings(latency_budget_ms=50.0))
     run_latency(budget, machine, values, 40)
-    assert "latency_note" not in budget.report()
+    assert "latency_note" not in budget.report() and not budget.latency_unmet
     machine.slowdown = 2.0  # exit 1 now costs ~90 ms
     exits, _ = run_latency(budget, machine, values, 40)
     assert "cannot be met" in budget.report()["latency_note"] and set(exits[-10:]) == {1}
+    assert budget.latency_unmet  # what the node's warning and WARN level go by
 
 
 def test_a_latency_cap_lowers_the_deepest_exit(calibration):
